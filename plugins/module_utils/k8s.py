@@ -1,0 +1,148 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Kubernetes connection options and API client shared by the collection's Kubernetes modules.
+
+The options and their ``K8S_AUTH_*`` environment fallbacks follow kubernetes.core, so
+``module_defaults`` written for kubernetes.core work here too.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import traceback
+
+from ansible.module_utils.basic import env_fallback, missing_required_lib
+
+try:
+    import kubernetes  # noqa: F401 pylint: disable=unused-import
+    from kubernetes import client as k8s_client
+    from kubernetes import config as k8s_config
+    from kubernetes.client.rest import ApiException
+    HAS_KUBERNETES = True
+    KUBERNETES_IMP_ERR = None
+except ImportError:
+    HAS_KUBERNETES = False
+    KUBERNETES_IMP_ERR = traceback.format_exc()
+    ApiException = Exception
+
+
+def k8s_auth_argument_spec():
+    return dict(
+        kubeconfig=dict(type="raw", fallback=(env_fallback, ["K8S_AUTH_KUBECONFIG"])),
+        context=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_CONTEXT"])),
+        host=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_HOST"])),
+        api_key=dict(type="str", no_log=True, fallback=(env_fallback, ["K8S_AUTH_API_KEY"])),
+        username=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_USERNAME"])),
+        password=dict(type="str", no_log=True, fallback=(env_fallback, ["K8S_AUTH_PASSWORD"])),
+        client_cert=dict(type="path", aliases=["cert_file"], fallback=(env_fallback, ["K8S_AUTH_CERT_FILE"])),
+        client_key=dict(type="path", aliases=["key_file"], no_log=False, fallback=(env_fallback, ["K8S_AUTH_KEY_FILE"])),
+        ca_cert=dict(type="path", aliases=["ssl_ca_cert"], fallback=(env_fallback, ["K8S_AUTH_SSL_CA_CERT"])),
+        validate_certs=dict(type="bool", aliases=["verify_ssl"], fallback=(env_fallback, ["K8S_AUTH_VERIFY_SSL"])),
+        proxy=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_PROXY"])),
+        no_proxy=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_NO_PROXY"])),
+        impersonate_user=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_IMPERSONATE_USER"])),
+        impersonate_groups=dict(type="list", elements="str", fallback=(env_fallback, ["K8S_AUTH_IMPERSONATE_GROUPS"])),
+    )
+
+
+class K8sConnectionError(Exception):
+    """The cluster could not be reached or the credentials are not usable."""
+
+
+def require_kubernetes(module):
+    if not HAS_KUBERNETES:
+        module.fail_json(msg=missing_required_lib("kubernetes"), exception=KUBERNETES_IMP_ERR)
+
+
+def build_configuration(params):
+    """Return a ``kubernetes.client.Configuration`` from module parameters.
+
+    Explicit options win over the kubeconfig; TLS verification stays on unless
+    ``validate_certs: false`` is given.
+    """
+    configuration = k8s_client.Configuration()
+    kubeconfig = params.get("kubeconfig")
+    context = params.get("context")
+    explicit_host = params.get("host")
+    try:
+        if kubeconfig is not None:
+            if isinstance(kubeconfig, dict):
+                k8s_config.load_kube_config_from_dict(kubeconfig, context=context,
+                                                      client_configuration=configuration)
+            else:
+                k8s_config.load_kube_config(config_file=str(kubeconfig), context=context,
+                                            client_configuration=configuration)
+        elif not explicit_host:
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            except k8s_config.ConfigException:
+                k8s_config.load_kube_config(context=context, client_configuration=configuration)
+    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+        raise K8sConnectionError("could not load Kubernetes configuration%s: %s" % (
+            (" from kubeconfig %s" % kubeconfig) if isinstance(kubeconfig, str) else "", exc))
+    if explicit_host:
+        configuration.host = explicit_host
+    if params.get("api_key"):
+        configuration.api_key = {"authorization": "Bearer %s" % params["api_key"]}
+    if params.get("username"):
+        configuration.username = params["username"]
+    if params.get("password"):
+        configuration.password = params["password"]
+    if params.get("client_cert"):
+        configuration.cert_file = params["client_cert"]
+    if params.get("client_key"):
+        configuration.key_file = params["client_key"]
+    if params.get("ca_cert"):
+        configuration.ssl_ca_cert = params["ca_cert"]
+    if params.get("validate_certs") is not None:
+        configuration.verify_ssl = params["validate_certs"]
+    if params.get("proxy"):
+        configuration.proxy = params["proxy"]
+    if params.get("no_proxy"):
+        configuration.no_proxy = params["no_proxy"]
+    if not configuration.host:
+        raise K8sConnectionError("no Kubernetes API server is known: set 'host' or 'kubeconfig' "
+                                 "(or K8S_AUTH_HOST / K8S_AUTH_KUBECONFIG)")
+    return configuration
+
+
+def get_api_client(params):
+    """An ``ApiClient`` for the parameters, with impersonation headers when asked."""
+    configuration = build_configuration(params)
+    api = k8s_client.ApiClient(configuration)
+    if params.get("impersonate_user"):
+        api.set_default_header("Impersonate-User", params["impersonate_user"])
+    for group in params.get("impersonate_groups") or []:
+        api.set_default_header("Impersonate-Group", group)
+    return api
+
+
+def api_error_message(exc, what):
+    """A one-line explanation of an ``ApiException`` naming the object and what to do."""
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", "") or ""
+    detail = ""
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            detail = json.loads(body).get("message", "")
+        except (ValueError, AttributeError, TypeError):
+            detail = str(body)[:300]
+    hint = {
+        401: "the credentials were rejected: check the token, client certificate or kubeconfig",
+        403: "permission denied: grant the user the RBAC permission named above",
+        404: "not found: check the name and namespace",
+        409: "conflict: the object changed or already exists; re-run to retry",
+        422: "the API server rejected the object as invalid",
+    }.get(status, "")
+    parts = ["%s failed" % what]
+    if status:
+        parts.append("HTTP %s %s" % (status, reason))
+    if detail:
+        parts.append(detail)
+    if hint:
+        parts.append(hint)
+    return ": ".join(parts)
