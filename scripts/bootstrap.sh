@@ -73,9 +73,13 @@ ln -sfn "$(basename "$venv")" "$cache/venv"
 
 # ---------------------------------------------------------------- Python 3.12 venv for ansible-core 2.21 sanity
 if [ "$sanity312" = yes ]; then
-  py312=$(command -v python3.12 || true)
-  [ -n "$py312" ] || [ ! -x "$HOME/.pyenv/versions/3.12.1/bin/python3.12" ] || py312=$HOME/.pyenv/versions/3.12.1/bin/python3.12
-  if [ -n "$py312" ] && "$py312" -V >/dev/null 2>&1; then
+  py312=
+  for cand in python3.12 /usr/bin/python3.12 "$HOME"/.pyenv/versions/3.12*/bin/python3.12; do
+    if "$cand" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then
+      py312=$cand; break
+    fi
+  done
+  if [ -n "$py312" ]; then
     key312=$( (cat "$repo/tests/constraints-sanity-2.21.txt"; "$py312" -V) | sha256sum | cut -c1-12)
     venv312=$cache/venv312-$key312
     if [ ! -f "$venv312/.complete" ]; then

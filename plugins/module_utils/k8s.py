@@ -20,7 +20,8 @@ try:
     import kubernetes  # noqa: F401 pylint: disable=unused-import
     from kubernetes import client as k8s_client
     from kubernetes import config as k8s_config
-    from kubernetes.client.rest import ApiException
+    # ApiException is re-exported for the modules that catch it.
+    from kubernetes.client.rest import ApiException  # noqa: F401 pylint: disable=unused-import
     HAS_KUBERNETES = True
     KUBERNETES_IMP_ERR = None
 except ImportError:

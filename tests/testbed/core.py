@@ -22,6 +22,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+# Every process started through ``Process.start`` in this interpreter, so the test-bed CLI can
+# record them and stop them from another process.
+STARTED = []
+
 
 def cache_dir() -> Path:
     """Where built peers and downloaded packages are cached across runs and clones."""
@@ -126,6 +130,7 @@ class Process:
             raise PeerError(self.name, "could not start: %s" % exc, self.argv, self.log) from exc
         finally:
             logf.close()
+        STARTED.append(self)
         return self
 
     def alive(self) -> bool:
