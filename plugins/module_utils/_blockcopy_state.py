@@ -112,10 +112,9 @@ class StateFiles(object):
 class TargetLock(object):
     """An exclusive ``flock`` on the lock file (and on the local target itself, when given)."""
 
-    def __init__(self, path, target_name, target_fd=None):
+    def __init__(self, path, target_name):
         self.path = path
         self.target_name = target_name
-        self.target_fd = target_fd
         self.fd = None
 
     def acquire(self):
@@ -136,20 +135,21 @@ class TargetLock(object):
             self.fd = None
             raise LockError("another block_sync run%s is writing to target %s (lock file %s); wait for it to "
                             "finish or stop it, then re-run" % (holder, self.target_name, self.path))
-        if self.target_fd is not None:
-            try:
-                fcntl.flock(self.target_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                self.release()
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise LockError("target %s is locked by another program (flock); another block_sync run "
-                                    "with a different state_dir may be writing to it" % self.target_name)
-                raise
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, info.encode("utf-8"), 0)
         return self
+
+    def lock_target(self, target_fd):
+        """Also ``flock`` the local target itself (covers runs with another state_dir)."""
+        try:
+            fcntl.flock(target_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise LockError("target %s is locked (flock) by another program; another block_sync run with a "
+                                "different state_dir may be writing to it" % self.target_name)
+            raise
 
     def release(self):
         if self.fd is not None:

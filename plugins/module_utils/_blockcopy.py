@@ -1,0 +1,940 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The copy engine of ``block_sync``.
+
+Pipeline: validate everything -> build a plan (extents to copy, source holes to make zero on the
+target) -> split into pieces of ``request_size`` -> worker threads (one file descriptor or one
+libnbd connection each) read, detect zeros per 64 KiB, write data / punch holes / send NBD zero ->
+periodic commits (flush the target, then record finished ranges in the resume state) -> one
+final flush -> optional verification and whole-image digests -> state ``complete``.
+
+Nothing is written before every check passed. The resume state only ever names ranges that were
+flushed to the target, so a crash or ``kill -9`` at any point loses at most the work since the
+last commit, and re-running the same task continues from there.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import bisect
+import hashlib
+import heapq
+import json
+import os
+import threading
+import time
+
+from ansible_collections.cbt.toolkit.plugins.module_utils import extents as extlib
+from ansible_collections.cbt.toolkit.plugins.module_utils._blockcopy_hash import PieceHasher
+from ansible_collections.cbt.toolkit.plugins.module_utils._blockcopy_io import (
+    BlockCopyError,
+    LocalEndpoint,
+    ValidationError,
+    describe_local,
+    is_nbd_url,
+    open_endpoint,
+    zero_bytes,
+)
+from ansible_collections.cbt.toolkit.plugins.module_utils._blockcopy_state import (
+    ResumeState,
+    StateFiles,
+    StatusFile,
+    TargetLock,
+    default_state_dir,
+    read_json,
+    read_plan,
+    write_plan,
+)
+
+MiB = 1024 * 1024
+DEFAULT_REQUEST_SIZE = 4 * MiB
+MIN_REQUEST_SIZE = 64 * 1024
+MAX_REQUEST_SIZE = 32 * MiB
+DEFAULT_WORKERS = 4
+GRANULE = 64 * 1024
+ZERO_PIECE = 64 * MiB
+DIGEST_BLOCK = 4 * MiB
+COMMIT_INTERVAL = 5.0
+COMMIT_BYTES = 1024 * MiB
+WRITEBACK_BYTES = 64 * MiB
+MODES = ("extents", "allocated", "all", "compare")
+PLAN_VERSION = 1
+
+COPY = 0
+ZERO = 1
+
+
+class VerificationError(BlockCopyError):
+    def __init__(self, message, result):
+        BlockCopyError.__init__(self, message)
+        self.result = result
+
+
+class SyncRequest(object):
+    """Parameters of one run (the module's options, already type-checked)."""
+
+    def __init__(self, src, dest, mode=None, extents=None, extent_file=None, extents_check="normalize",
+                 dest_is_zero=False, create=True, verify=False, image_digest=False, checksum_algorithm="xxh3",
+                 checksum_file=None, resume="auto", state_dir=None, status_file=None, sync_id=None,
+                 request_size=DEFAULT_REQUEST_SIZE, workers=DEFAULT_WORKERS, check_mode=False,
+                 commit_interval=COMMIT_INTERVAL, commit_bytes=COMMIT_BYTES):
+        self.src = src
+        self.dest = dest
+        self.mode = mode
+        self.extents = extents
+        self.extent_file = extent_file
+        self.extents_check = extents_check
+        self.dest_is_zero = dest_is_zero
+        self.create = create
+        self.verify = verify
+        self.image_digest = image_digest
+        self.checksum_algorithm = checksum_algorithm
+        self.checksum_file = checksum_file
+        self.resume = resume
+        self.state_dir = state_dir or default_state_dir()
+        self.status_file = status_file
+        self.sync_id = sync_id
+        self.request_size = request_size
+        self.workers = workers
+        self.check_mode = check_mode
+        self.commit_interval = commit_interval
+        self.commit_bytes = commit_bytes
+
+
+class Stats(object):
+    __slots__ = ("read", "written", "zeroed", "unchanged", "skipped_zero", "differing", "done")
+
+    def __init__(self):
+        self.read = self.written = self.zeroed = self.unchanged = self.skipped_zero = 0
+        self.differing = self.done = 0
+
+    def add(self, other):
+        for name in self.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def _sha(data):
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def _target_id(dest):
+    if is_nbd_url(dest):
+        return "nbd:" + dest
+    exists, kind = describe_local(dest)
+    if exists and kind == "block":
+        rdev = os.stat(dest).st_rdev
+        return "block:%d:%d" % (os.major(rdev), os.minor(rdev))
+    return "file:" + os.path.realpath(dest)
+
+
+def _fingerprint(endpoint):
+    ident = endpoint.identity()
+    return ":".join(str(x) for x in ident)
+
+
+def _intersect(ranges, others):
+    """Intersection of two sorted, non-overlapping range lists."""
+    out = []
+    j = 0
+    for off, length in ranges:
+        end = off + length
+        while j < len(others) and others[j][0] + others[j][1] <= off:
+            j += 1
+        k = j
+        while k < len(others) and others[k][0] < end:
+            start = max(off, others[k][0])
+            stop = min(end, others[k][0] + others[k][1])
+            if stop > start:
+                out.append((start, stop - start))
+            k += 1
+    return out
+
+
+def load_extents(req, capacity):
+    """Parse, check and normalise the requested extents. Returns ``(extents, input_info)``."""
+    raw = []
+    metadata = {}
+    name = "extents"
+    if req.extent_file:
+        name = "extent_file %s" % req.extent_file
+        try:
+            metadata, raw = extlib.read_extent_file(req.extent_file)
+        except (IOError, OSError) as exc:
+            raise ValidationError("cannot read extent_file %s: %s" % (req.extent_file, exc))
+        except extlib.ExtentError as exc:
+            raise ValidationError(str(exc))
+        cap = metadata.get("capacity")
+        if cap is not None and cap != capacity:
+            raise ValidationError("extent_file %s was written for a disk of capacity %d bytes but the source %s "
+                                  "is %d bytes; the extent list does not belong to this source (or the disk was "
+                                  "resized: run a full sync)" % (req.extent_file, cap, req.src, capacity))
+    if req.extents is not None:
+        try:
+            raw = raw + extlib.parse_extents(req.extents)
+        except extlib.ExtentError as exc:
+            raise ValidationError(str(exc))
+    is_sorted = all(raw[i][0] <= raw[i + 1][0] for i in range(len(raw) - 1))
+    strict = req.extents_check == "strict"
+    try:
+        normalized = extlib.normalize(raw, capacity=capacity, unsorted="reject" if strict else "sort",
+                                      overlapping="reject" if strict else "merge", name=name)
+    except extlib.ExtentError as exc:
+        raise ValidationError(str(exc))
+    input_bytes = extlib.total_bytes(raw)
+    info = {
+        "count": len(raw),
+        "bytes": input_bytes,
+        "sorted": is_sorted,
+        "overlapping_bytes": input_bytes - extlib.total_bytes(normalized),
+        "normalized_count": len(normalized),
+        "metadata": dict((k, v) for k, v in metadata.items()),
+    }
+    notes = []
+    if not is_sorted:
+        notes.append("the extents were not sorted by offset; they were sorted")
+    if info["overlapping_bytes"]:
+        notes.append("overlapping extents were merged (%d bytes listed twice)" % info["overlapping_bytes"])
+    info["normalization"] = "; ".join(notes) if notes else "none needed"
+    return normalized, info
+
+
+class Engine(object):
+    """One ``block_sync`` run. ``run()`` returns the result dict or raises ``BlockCopyError``."""
+
+    def __init__(self, req, warn=None):
+        self.req = req
+        self.warn = warn or (lambda msg: None)
+        self.src = None
+        self.dst = None
+        self.dest_created = False
+        self.sessions = []
+        self.result = {}
+        self._lock = threading.Lock()
+        self._completed = []
+        self._pending = 0
+        self._written_since_kick = 0
+        self.error = None
+        self.stop = threading.Event()
+        self.stats = []
+        self.hasher = None
+        self.src_digests = {}
+        self.src_have = {}
+
+    # -- validation and plan -------------------------------------------------------------------
+    def _resolve_mode(self):
+        req = self.req
+        has_list = req.extents is not None or bool(req.extent_file)
+        mode = req.mode
+        if mode is None:
+            if not has_list:
+                raise ValidationError("nothing to copy: give extents or extent_file, or set mode to allocated, "
+                                      "all or compare")
+            mode = "extents"
+        if mode not in MODES:
+            raise ValidationError("mode %r is not one of %s" % (mode, ", ".join(MODES)))
+        if mode == "extents" and not has_list:
+            raise ValidationError("mode extents needs extents or extent_file")
+        if mode in ("allocated", "all") and has_list:
+            raise ValidationError("extents/extent_file only apply to mode extents or compare, not %s" % mode)
+        if req.dest_is_zero and mode not in ("allocated", "all"):
+            raise ValidationError("dest_is_zero is only for a first full sync (mode allocated or all) into a new "
+                                  "or zeroed target; an incremental sync must write extents that changed to zeros")
+        rs = req.request_size
+        if rs < MIN_REQUEST_SIZE or rs > MAX_REQUEST_SIZE or rs % 4096:
+            raise ValidationError("request_size %d must be a multiple of 4096 between %d and %d" % (
+                rs, MIN_REQUEST_SIZE, MAX_REQUEST_SIZE))
+        if req.workers < 1 or req.workers > 64:
+            raise ValidationError("workers %d must be between 1 and 64" % req.workers)
+        if req.resume not in ("auto", "restart"):
+            raise ValidationError("resume %r must be auto or restart" % req.resume)
+        return mode
+
+    def _open(self, mode):
+        req = self.req
+        self.src = open_endpoint(req.src, writable=False)
+        if is_nbd_url(req.dest):
+            self.dst = open_endpoint(req.dest, writable=not req.check_mode)
+            if req.check_mode and self.dst.read_only:
+                raise ValidationError("NBD export %s is read-only; it cannot be the target" % req.dest)
+            return
+        exists, _kind = describe_local(req.dest)
+        if not exists:
+            if mode == "extents":
+                raise ValidationError(
+                    "target %s does not exist; an incremental sync (mode extents) writes only the changed extents "
+                    "and needs the target of the previous full sync. Run a full sync first (mode allocated or "
+                    "all), which creates the file" % req.dest)
+            if not req.create:
+                raise ValidationError("target %s does not exist and create is false" % req.dest)
+            parent = os.path.dirname(os.path.abspath(req.dest))
+            if not os.path.isdir(parent):
+                raise ValidationError("cannot create target %s: folder %s does not exist" % (req.dest, parent))
+            if not os.access(parent, os.W_OK):
+                raise ValidationError("cannot create target %s: folder %s is not writable" % (req.dest, parent))
+            # created later, after every check passed and the lock is held
+            self.dest_created = True
+            return
+        if req.check_mode:
+            self.dst = LocalEndpoint(req.dest, writable=False)
+            if not os.access(req.dest, os.W_OK):
+                raise ValidationError("target %s is read-only (no write permission); make it writable or choose "
+                                      "another target" % req.dest)
+            if self.dst.kind == "block":
+                from ansible_collections.cbt.toolkit.plugins.module_utils._blockcopy_io import block_device_read_only
+                if block_device_read_only(self.dst.fd):
+                    raise ValidationError("block device %s is read-only (BLKROGET)" % req.dest)
+        else:
+            self.dst = LocalEndpoint(req.dest, writable=True, exclusive=True)
+
+    def _validate_pair(self):
+        req = self.req
+        if self.dst is None:
+            return
+        same = self.src.identity() == self.dst.identity()
+        if not same and isinstance(self.src, LocalEndpoint) and isinstance(self.dst, LocalEndpoint):
+            backing_src = self.src.backing_file_identity()
+            backing_dst = self.dst.backing_file_identity()
+            same = (backing_src is not None and backing_src == self.dst.identity()) or \
+                (backing_dst is not None and backing_dst == self.src.identity()) or \
+                (backing_src is not None and backing_src == backing_dst)
+        if same:
+            raise ValidationError("source %s and target %s are the same %s; copying onto itself is refused" % (
+                req.src, req.dest, "loop device backing file" if not self.src.identity() == self.dst.identity()
+                else "object"))
+        if self.dst.size < self.src.size:
+            raise ValidationError("target %s is %d bytes, smaller than the source %s (%d bytes); grow the target "
+                                  "first (truncate -s / qemu-img resize / a larger volume)" % (
+                                      req.dest, self.dst.size, req.src, self.src.size))
+        if self.dst.size > self.src.size:
+            self.warn("target %s (%d bytes) is larger than the source (%d bytes); bytes after offset %d are "
+                      "not touched" % (req.dest, self.dst.size, self.src.size, self.src.size))
+
+    def _plan(self, mode):
+        req = self.req
+        size = self.src.size
+        info = None
+        copy = []
+        zero = []
+        allocation_known = None
+        if mode == "extents":
+            copy, info = load_extents(req, size)
+        elif mode == "compare":
+            if req.extents is not None or req.extent_file:
+                copy, info = load_extents(req, size)
+            else:
+                copy = [(0, size)] if size else []
+        elif mode == "all":
+            copy = [(0, size)] if size else []
+        else:
+            alloc = self.src.allocation(0, size) if size else []
+            allocation_known = alloc is not None
+            if alloc is None:
+                copy = [(0, size)] if size else []
+                self.warn("the source %s cannot report allocation (block devices cannot, NBD servers need "
+                          "base:allocation); every byte is read and zeros are detected instead" % req.src)
+            else:
+                copy = extlib.normalize([(o, n) for o, n, d in alloc if d])
+                zero = extlib.normalize([(o, n) for o, n, d in alloc if not d])
+        return copy, zero, info, allocation_known
+
+    def _plan_id(self, mode, copy, zero):
+        src_ident = list(self.src.identity())
+        if self.src.kind == "file":
+            st = os.fstat(self.src.fd)
+            src_ident.append(st.st_mtime_ns)
+        return _sha({
+            "v": PLAN_VERSION, "mode": mode, "src": [str(x) for x in src_ident], "size": self.src.size,
+            "dest": _target_id(self.req.dest), "copy": _sha(copy), "zero": _sha(zero), "sync_id": self.req.sync_id,
+        })[:32]
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _pieces(self, extents, done, piece, kind):
+        starts = [o for o, _n in extents]
+        for off, length in extlib.subtract(extents, done):
+            idx = bisect.bisect_right(starts, off) - 1
+            eoff = extents[idx][0]
+            end = off + length
+            pos = off
+            while pos < end:
+                slot = (pos - eoff) // piece
+                pstart = eoff + slot * piece
+                pend = min(pstart + piece, eoff + extents[idx][1])
+                stop = min(pend, end)
+                yield (pos, kind, stop - pos, idx, slot, pos == pstart and stop == pend)
+                pos = stop
+
+    # -- workers ---------------------------------------------------------------------------------
+    def _next(self):
+        with self._lock:
+            try:
+                return next(self._iter)
+            except StopIteration:
+                return None
+
+    def _complete(self, off, length):
+        with self._lock:
+            self._completed.append((off, length))
+            self._pending += length
+
+    def _emit(self, dst, off, view, a, b, is_zero, st):
+        if is_zero:
+            if self.skip_zero:
+                st.skipped_zero += b - a
+            else:
+                dst.zero(off + a, b - a)
+                st.zeroed += b - a
+        else:
+            dst.write(off + a, view[a:b])
+            st.written += b - a
+
+    def _write_detect(self, dst, off, data, st):
+        n = len(data)
+        zero = self.zero
+        if zero.startswith(data):
+            self._emit(dst, off, data, 0, n, True, st)
+            return
+        if n <= GRANULE:
+            self._emit(dst, off, data, 0, n, False, st)
+            return
+        view = memoryview(data)
+        run_start = 0
+        run_zero = None
+        pos = 0
+        while pos < n:
+            end = min(pos + GRANULE, n)
+            is_zero = zero.startswith(view[pos:end])
+            if run_zero is None:
+                run_zero = is_zero
+            elif is_zero != run_zero:
+                self._emit(dst, off, view, run_start, pos, run_zero, st)
+                run_start = pos
+                run_zero = is_zero
+            pos = end
+        self._emit(dst, off, view, run_start, n, run_zero, st)
+
+    def _write_differences(self, dst, off, sbuf, sview, tview, st):
+        """Compare mode: write only the 64 KiB granules that differ."""
+        n = len(sview)
+        run_start = None
+        pos = 0
+        while pos <= n:
+            end = min(pos + GRANULE, n)
+            differs = pos < n and not sbuf.startswith(tview[pos:end], pos)
+            if differs and run_start is None:
+                run_start = pos
+            elif not differs and run_start is not None:
+                st.differing += pos - run_start
+                if not self.req.check_mode:
+                    self._write_detect(dst, off + run_start, sview[run_start:pos], st)
+                run_start = None
+            if pos >= n:
+                break
+            pos = end
+
+    def _kick_writeback(self, dst, st_written_before, st):
+        delta = st.written - st_written_before
+        if delta <= 0 or not isinstance(dst, LocalEndpoint):
+            return
+        with self._lock:
+            self._written_since_kick += delta
+            kick = self._written_since_kick >= WRITEBACK_BYTES
+            if kick:
+                self._written_since_kick = 0
+        if kick:
+            dst.start_writeback(0, 0)
+
+    def _zero_target_ranges(self, dst, off, length):
+        """Parts of a source hole that must be zeroed on the target (skips target holes)."""
+        if self.skip_zero:
+            return []
+        alloc = dst.allocation(off, length) if hasattr(dst, "allocation") else None
+        if alloc is None:
+            return [(off, length)]
+        return [(o, n) for o, n, is_data in alloc if is_data]
+
+    def _worker(self, index):
+        st = self.stats[index]
+        src, dst = self.sessions[index]
+        buf = bytearray(self.piece)
+        tbuf = bytearray(self.piece) if self.mode == "compare" else None
+        hasher = self.hasher
+        try:
+            while not self.stop.is_set():
+                item = self._next()
+                if item is None:
+                    return
+                off, kind, length, idx, slot, full = item
+                if kind == ZERO:
+                    for zoff, zlen in self._zero_target_ranges(dst, off, length):
+                        dst.zero(zoff, zlen)
+                        st.zeroed += zlen
+                else:
+                    before = st.written
+                    data = src.read(off, length, buf)
+                    st.read += length
+                    if hasher is not None and full:
+                        digest = hasher.piece(data)
+                        size = hasher.size
+                        self.src_digests[idx][slot * size:(slot + 1) * size] = digest
+                        self.src_have[idx][slot] = 1
+                    if self.mode == "compare":
+                        tview = memoryview(dst.read(off, length, tbuf))
+                        st.read += length
+                        sbuf = data if not isinstance(data, memoryview) else buf
+                        if sbuf.startswith(tview):
+                            st.unchanged += length
+                        else:
+                            self._write_differences(dst, off, sbuf, memoryview(data), tview, st)
+                    else:
+                        self._write_detect(dst, off, data, st)
+                    self._kick_writeback(dst, before, st)
+                st.done += length
+                self._complete(off, length)
+        except Exception as exc:  # pylint: disable=broad-except
+            self.error = exc
+            self.stop.set()
+
+    def _open_sessions(self, count):
+        sessions = [(self.src, self.dst)]
+        for _i in range(1, count):
+            src = self.src.session() if self.src.parallel else self.src
+            dst = self.dst.session() if (self.dst is not None and self.dst.parallel) else self.dst
+            sessions.append((src, dst))
+        return sessions
+
+    def _close_sessions(self):
+        for src, dst in self.sessions[1:]:
+            if src is not self.src:
+                src.close()
+            if dst is not self.dst and dst is not None:
+                dst.close()
+        self.sessions = []
+
+    def _run_pool(self, items, worker_fn, progress=None, count=None):
+        self._iter = iter(items)
+        count = count or self.workers
+        threads = []
+        for index in range(count):
+            thread = threading.Thread(target=worker_fn, args=(index,), name="block_sync-%d" % index)
+            thread.daemon = True
+            thread.start()
+            threads.append(thread)
+        while True:
+            alive = [t for t in threads if t.is_alive()]
+            if not alive:
+                break
+            alive[0].join(0.2)
+            if progress is not None and self.error is None:
+                progress()
+        if self.error is not None:
+            raise self.error
+
+    # -- commits ---------------------------------------------------------------------------------
+    def _commit(self, force=False):
+        with self._lock:
+            if not self._completed:
+                return
+            if not force and self._pending < self.req.commit_bytes and \
+                    time.time() - self._last_commit < self.req.commit_interval:
+                return
+            taken = self._completed
+            self._completed = []
+            self._pending = 0
+        self.dst.flush()
+        self.state.add_done(taken)
+        self.state.save()
+        self._last_commit = time.time()
+
+    def _progress(self):
+        self._commit()
+        done = self.resumed_bytes + sum(s.done for s in self.stats)
+        self.status.write("running", done, self.total_bytes)
+
+    # -- verification ----------------------------------------------------------------------------
+    def _verify(self, copy, zero):
+        hasher = self.hasher
+        size = hasher.size
+        tdig = dict((i, bytearray(len(self.src_digests[i]))) for i in self.src_digests)
+        mismatched_zero = []
+        items = []
+        for off, kind, length, idx, slot, _full in heapq.merge(
+                self._pieces(copy, [], self.piece, COPY), self._pieces(zero, [], ZERO_PIECE, ZERO)):
+            items.append((off, kind, length, idx, slot))
+        lock = threading.Lock()
+
+        def worker(index):
+            src, dst = self.sessions[index]
+            buf = bytearray(self.piece)
+            try:
+                while not self.stop.is_set():
+                    item = self._next()
+                    if item is None:
+                        return
+                    off, kind, length, idx, slot = item
+                    if kind == ZERO:
+                        alloc = dst.allocation(off, length)
+                        ranges = [(o, n) for o, n, d in alloc if d] if alloc is not None else [(off, length)]
+                        for roff, rlen in ranges:
+                            pos = roff
+                            while pos < roff + rlen:
+                                step = min(roff + rlen - pos, self.piece)
+                                if not self.zero.startswith(dst.read(pos, step, buf)):
+                                    with lock:
+                                        mismatched_zero.append((pos, step))
+                                pos += step
+                        continue
+                    data = dst.read(off, length, buf)
+                    digest = hasher.zero_piece(length) if self.zero.startswith(data) else hasher.piece(data)
+                    tdig[idx][slot * size:(slot + 1) * size] = digest
+                    if not self.src_have[idx][slot]:
+                        data = src.read(off, length, buf)
+                        digest = hasher.zero_piece(length) if self.zero.startswith(data) else hasher.piece(data)
+                        self.src_digests[idx][slot * size:(slot + 1) * size] = digest
+            except Exception as exc:  # pylint: disable=broad-except
+                self.error = exc
+                self.stop.set()
+
+        started = time.time()
+        self._run_pool(items, worker)
+        mismatches = []
+        lines = []
+        src_all = bytearray()
+        dst_all = bytearray()
+        for idx, (eoff, elen) in enumerate(copy):
+            sd = bytes(self.src_digests[idx])
+            td = bytes(tdig[idx])
+            s_hex = hasher.combine(sd)
+            t_hex = hasher.combine(td)
+            src_all += bytes.fromhex(s_hex)
+            dst_all += bytes.fromhex(t_hex)
+            if sd != td:
+                for slot in range(len(sd) // size):
+                    if sd[slot * size:(slot + 1) * size] != td[slot * size:(slot + 1) * size]:
+                        poff = eoff + slot * self.piece
+                        mismatches.append((poff, min(self.piece, eoff + elen - poff)))
+            if self.req.checksum_file:
+                lines.append("%d %d %s %s" % (eoff, elen, s_hex, t_hex))
+        mismatches = extlib.normalize(mismatches + mismatched_zero)
+        result = {
+            "algorithm": self.req.checksum_algorithm,
+            "piece_size": self.piece,
+            "extents": len(copy),
+            "bytes": extlib.total_bytes(copy),
+            "zero_bytes_checked": extlib.total_bytes(zero),
+            "source_digest": hasher.combine(bytes(src_all)),
+            "target_digest": hasher.combine(bytes(dst_all)),
+            "mismatches": [{"offset": o, "length": n} for o, n in mismatches[:100]],
+            "mismatch_count": len(mismatches),
+            "seconds": round(time.time() - started, 3),
+            "passed": not mismatches,
+        }
+        if self.req.checksum_file:
+            from ansible_collections.cbt.toolkit.plugins.module_utils._blockcopy_state import atomic_write
+            header = ["# cbt.toolkit block_sync checksums v1", "# algorithm=%s" % self.req.checksum_algorithm,
+                      "# piece_size=%d" % self.piece, "# source=%s" % self.req.src, "# target=%s" % self.req.dest,
+                      "# columns=offset length source_digest target_digest"]
+            atomic_write(self.req.checksum_file, "\n".join(header + lines) + "\n")
+            result["checksum_file"] = self.req.checksum_file
+        return result, mismatches
+
+    def _image_digest(self, endpoint_index, size):
+        """blkhash-style digest of ``[0, size)``: hash of the digests of 4 MiB blocks (zero blocks cached)."""
+        hasher = self.hasher
+        dsize = hasher.size
+        nblocks = -(-size // DIGEST_BLOCK)
+        digests = bytearray(nblocks * dsize)
+        primary = self.sessions[0][endpoint_index]
+        alloc = primary.allocation(0, size) if size else []
+        data_ranges = [(o, n) for o, n, d in alloc if d] if alloc is not None else [(0, size)]
+        data_blocks = set()
+        for off, length in data_ranges:
+            for b in range(off // DIGEST_BLOCK, -(-(off + length) // DIGEST_BLOCK)):
+                data_blocks.add(b)
+        for b in range(nblocks):
+            if b not in data_blocks:
+                length = min(DIGEST_BLOCK, size - b * DIGEST_BLOCK)
+                digests[b * dsize:(b + 1) * dsize] = hasher.zero_piece(length)
+        items = sorted(data_blocks)
+
+        def worker(index):
+            ep = self.sessions[index][endpoint_index]
+            buf = bytearray(DIGEST_BLOCK)
+            try:
+                while not self.stop.is_set():
+                    b = self._next()
+                    if b is None:
+                        return
+                    off = b * DIGEST_BLOCK
+                    length = min(DIGEST_BLOCK, size - off)
+                    data = ep.read(off, length, buf)
+                    digest = hasher.zero_piece(length) if self.zero.startswith(data) else hasher.piece(data)
+                    digests[b * dsize:(b + 1) * dsize] = digest
+            except Exception as exc:  # pylint: disable=broad-except
+                self.error = exc
+                self.stop.set()
+
+        self._run_pool(items, worker)
+        return hasher.combine(bytes(digests))
+
+    # -- main ------------------------------------------------------------------------------------
+    def run(self):
+        started = time.time()
+        req = self.req
+        mode = self._resolve_mode()
+        self.mode = mode
+        try:
+            return self._run(mode, started)
+        finally:
+            self._close_sessions()
+            if self.dst is not None:
+                self.dst.close()
+            if self.src is not None:
+                self.src.close()
+
+    def _run(self, mode, started):
+        req = self.req
+        if req.verify or req.image_digest:
+            self.hasher = PieceHasher(req.checksum_algorithm)
+        self._open(mode)
+        self._validate_pair()
+        copy, zero, info, allocation_known = self._plan(mode)
+        plan_id = self._plan_id(mode, copy, zero)
+        piece = min(req.request_size, self.src.max_request,
+                    self.dst.max_request if self.dst is not None else MAX_REQUEST_SIZE)
+        self.piece = piece
+        self.zero = zero_bytes(max(piece, GRANULE))
+        self.skip_zero = bool(req.dest_is_zero or self.dest_created)
+        result = self.result
+        result.update({
+            "changed": False, "src": req.src, "dest": req.dest, "mode": mode, "size": self.src.size,
+            "dest_size": self.dst.size if self.dst is not None else self.src.size,
+            "dest_created": bool(self.dest_created), "plan_id": plan_id, "sync_id": req.sync_id,
+            "src_kind": self.src.kind,
+            "dest_kind": self.dst.kind if self.dst is not None else "file",
+            "plan": {"extents": len(copy), "bytes": extlib.total_bytes(copy), "hole_extents": len(zero),
+                     "hole_bytes": extlib.total_bytes(zero)},
+            "request_size": piece, "workers": req.workers,
+            "bytes_read": 0, "bytes_written": 0, "bytes_zeroed": 0, "bytes_unchanged": 0,
+            "bytes_differing": 0, "bytes_skipped_zero": 0, "bytes_resumed": 0, "resumed": False,
+            "already_complete": False,
+        })
+        if info is not None:
+            result["input_extents"] = info
+        if allocation_known is not None:
+            result["allocation_known"] = allocation_known
+        files = StateFiles(req.state_dir, _target_id(req.dest), req.status_file)
+        result["state_file"] = files.state
+        result["status_file"] = files.status
+        target_fp = _fingerprint(self.dst) if self.dst is not None else None
+
+        old = None
+        old_data = read_json(files.state)
+        if old_data is not None and old_data.get("target_fingerprint") == target_fp:
+            old = ResumeState.from_dict(files, old_data)
+
+        if req.check_mode:
+            return self._check_mode_result(mode, copy, zero, old, plan_id, started)
+
+        files.ensure_dir()
+        lock = TargetLock(files.lock, req.dest)
+        lock.acquire()
+        try:
+            if self.dst is None:
+                self.dst = LocalEndpoint(req.dest, writable=True, create_size=self.src.size)
+                if not self.dst.created:
+                    raise ValidationError("target %s appeared while this run was starting; re-run" % req.dest)
+                target_fp = _fingerprint(self.dst)
+            if isinstance(self.dst, LocalEndpoint):
+                lock.lock_target(self.dst.fd)
+            return self._locked_run(mode, copy, zero, old, plan_id, files, target_fp, started)
+        finally:
+            lock.release()
+
+    def _resume_decision(self, copy, zero, old, plan_id, files):
+        """Return the ranges already done, or raise when an unfinished, uncovered run is in the way."""
+        req = self.req
+        if old is None:
+            return []
+        if old.plan_id == plan_id:
+            if old.status == "complete":
+                return None if req.sync_id else []
+            if req.resume == "restart":
+                self.warn("resume: restart: ignoring %d bytes already copied by an unfinished run of this plan"
+                          % extlib.total_bytes(old.done))
+                return []
+            return old.done
+        if old.status == "complete":
+            return []
+        plan = read_plan(files.plan)
+        if plan is None or plan[0] != old.plan_id:
+            remaining = [(0, max(self.src.size, 1))]
+        else:
+            remaining = extlib.subtract(extlib.normalize(plan[1] + plan[2]), old.done)
+        uncovered = extlib.subtract(remaining, extlib.normalize(copy + zero)) if remaining else []
+        if self.mode in ("all", "compare") and not (req.extents is not None or req.extent_file):
+            uncovered = extlib.subtract(remaining, [(0, self.src.size)])
+        if not uncovered:
+            return []
+        if req.resume == "restart":
+            self.warn("resume: restart: an unfinished run of a different plan (started %s) left %d bytes in %d "
+                      "extents uncopied that this run does not cover; the target may be inconsistent until they "
+                      "are copied" % (old.created, extlib.total_bytes(uncovered), len(uncovered)))
+            return []
+        raise ValidationError(
+            "an unfinished block_sync run of a different plan (started %s, state %s) still has %d bytes in %d "
+            "extents to copy to %s that this run does not cover (first at offset %d); finish it by re-running "
+            "that task, run a full sync (mode all or allocated), or set resume: restart to accept a target that "
+            "may be inconsistent" % (old.created, files.state, extlib.total_bytes(uncovered), len(uncovered),
+                                     req.dest, uncovered[0][0]))
+
+    def _check_mode_result(self, mode, copy, zero, old, plan_id, started):
+        req = self.req
+        result = self.result
+        done = []
+        if old is not None and old.plan_id == plan_id and old.status != "complete" and req.resume == "auto":
+            done = old.done
+            result["resumed"] = bool(done)
+            result["bytes_resumed"] = extlib.total_bytes(_intersect(extlib.normalize(copy + zero), done))
+        if old is not None and old.plan_id == plan_id and old.status == "complete" and req.sync_id:
+            result["already_complete"] = True
+            result["duration_seconds"] = round(time.time() - started, 3)
+            return result
+        remaining_copy = extlib.subtract(copy, done)
+        remaining_zero = extlib.subtract(zero, done)
+        if mode == "compare" and self.dst is not None:
+            self.workers = max(1, min(req.workers, 64))
+            self.sessions = self._open_sessions(self.workers if self.src.parallel and self.dst.parallel else 1)
+            self.workers = len(self.sessions)
+            self.stats = [Stats() for _s in self.sessions]
+            self.skip_zero = True
+            self._run_pool(self._pieces(copy, [], self.piece, COPY), self._worker)
+            total = Stats()
+            for s in self.stats:
+                total.add(s)
+            result["bytes_read"] = total.read
+            result["bytes_differing"] = total.differing
+            result["bytes_unchanged"] = total.unchanged
+            result["changed"] = total.differing > 0
+        else:
+            will_zero = 0
+            if not self.skip_zero and self.dst is not None:
+                for off, length in remaining_zero:
+                    will_zero += extlib.total_bytes(self._zero_target_ranges(self.dst, off, length))
+            result["bytes_to_copy"] = extlib.total_bytes(remaining_copy)
+            result["bytes_to_zero"] = will_zero
+            result["extents_to_copy"] = len(remaining_copy)
+            result["changed"] = bool(remaining_copy or will_zero or self.dest_created)
+        result["duration_seconds"] = round(time.time() - started, 3)
+        return result
+
+    def _locked_run(self, mode, copy, zero, old, plan_id, files, target_fp, started):
+        req = self.req
+        result = self.result
+        done = self._resume_decision(copy, zero, old, plan_id, files)
+        if done is None:
+            result["already_complete"] = True
+            result["duration_seconds"] = round(time.time() - started, 3)
+            status = StatusFile(files.status, {"src": req.src, "dest": req.dest, "plan_id": plan_id})
+            total = extlib.total_bytes(copy) + extlib.total_bytes(zero)
+            status.write("complete", total, total, message="already complete for sync_id %s" % req.sync_id,
+                         force=True)
+            return result
+        self.state = ResumeState(files, plan_id, target_fp, {
+            "src": req.src, "dest": req.dest, "mode": mode, "sync_id": req.sync_id, "size": self.src.size,
+            "plan_bytes": extlib.total_bytes(copy) + extlib.total_bytes(zero)})
+        if done:
+            self.state.done = list(done)
+            self.state.created = old.created
+            result["resumed"] = True
+        write_plan(files.plan, plan_id, copy, zero)
+        self.state.save()  # "running" is on disk before the first byte is written
+        self.resumed_bytes = extlib.total_bytes(_intersect(extlib.normalize(copy + zero), done))
+        result["bytes_resumed"] = self.resumed_bytes
+        self.total_bytes = extlib.total_bytes(copy) + extlib.total_bytes(zero)
+        self.status = StatusFile(files.status, {"src": req.src, "dest": req.dest, "plan_id": plan_id,
+                                                "mode": mode, "pid": os.getpid()})
+        self.status.write("running", self.resumed_bytes, self.total_bytes, force=True)
+
+        parallel = self.src.parallel and self.dst.parallel
+        workers = req.workers if parallel or isinstance(self.src, LocalEndpoint) or \
+            isinstance(self.dst, LocalEndpoint) else 1
+        self.sessions = self._open_sessions(max(1, workers))
+        self.workers = len(self.sessions)
+        result["workers"] = self.workers
+        self.stats = [Stats() for _s in self.sessions]
+        if self.hasher is not None and req.verify:
+            for idx, (_off, length) in enumerate(copy):
+                slots = -(-length // self.piece)
+                self.src_digests[idx] = bytearray(slots * self.hasher.size)
+                self.src_have[idx] = bytearray(slots)
+        self._last_commit = time.time()
+        copy_started = time.time()
+        items = heapq.merge(self._pieces(copy, done, self.piece, COPY), self._pieces(zero, done, ZERO_PIECE, ZERO))
+        try:
+            self._run_pool(items, self._worker, progress=self._progress)
+        except BlockCopyError as exc:
+            self.status.write("failed", self.resumed_bytes + sum(s.done for s in self.stats), self.total_bytes,
+                              message=str(exc), force=True)
+            raise
+        except Exception as exc:
+            self.status.write("failed", self.resumed_bytes + sum(s.done for s in self.stats), self.total_bytes,
+                              message=str(exc), force=True)
+            raise
+        self._commit(force=True)
+        self.dst.flush()
+        copy_seconds = time.time() - copy_started
+        total = Stats()
+        for s in self.stats:
+            total.add(s)
+        result.update({
+            "bytes_read": total.read, "bytes_written": total.written, "bytes_zeroed": total.zeroed,
+            "bytes_unchanged": total.unchanged, "bytes_differing": total.differing,
+            "bytes_skipped_zero": total.skipped_zero,
+            "copy_seconds": round(copy_seconds, 3),
+            "throughput_bytes_per_second": int(total.done / copy_seconds) if copy_seconds > 0 else 0,
+        })
+        result["changed"] = bool(total.written or total.zeroed or self.dest_created)
+        if req.verify:
+            self.status.write("verifying", self.total_bytes, self.total_bytes, force=True)
+            verification, mismatches = self._verify(copy, zero)
+            result["verification"] = verification
+            if mismatches:
+                self.state.done = extlib.subtract(self.state.done, mismatches)
+                self.state.save()
+                self.status.write("failed", self.total_bytes, self.total_bytes, force=True,
+                                  message="verification failed")
+                raise VerificationError(
+                    "verification failed: %d ranges of target %s differ from source %s (first at offset %d); "
+                    "they were removed from the resume state, so re-running copies them again. If it fails "
+                    "again, the source changes while it is read (use a snapshot) or the target does not keep "
+                    "what is written" % (len(mismatches), req.dest, req.src, mismatches[0][0]), result)
+        if req.image_digest:
+            self.status.write("digesting", self.total_bytes, self.total_bytes, force=True)
+            t0 = time.time()
+            src_digest = self._image_digest(0, self.src.size)
+            dst_digest = self._image_digest(1, self.src.size)
+            result["image_digest"] = {
+                "algorithm": req.checksum_algorithm, "block_size": DIGEST_BLOCK, "length": self.src.size,
+                "source": src_digest, "target": dst_digest, "match": src_digest == dst_digest,
+                "seconds": round(time.time() - t0, 3)}
+            if src_digest != dst_digest:
+                self.status.write("failed", self.total_bytes, self.total_bytes, force=True,
+                                  message="image digests differ")
+                raise VerificationError(
+                    "whole-image digests differ after the sync: source %s %s, target %s %s. The copied extents "
+                    "are in place, but the target as a whole is not a replica of the source: the change list "
+                    "missed changes, or the target was not in sync with the previous change point. Run a full "
+                    "sync (mode allocated or all, or compare)" % (req.src, src_digest, req.dest, dst_digest),
+                    result)
+        self.state.status = "complete"
+        self.state.save()
+        result["duration_seconds"] = round(time.time() - started, 3)
+        self.status.write("complete", self.total_bytes, self.total_bytes, force=True,
+                          extra={"bytes_written": total.written, "bytes_zeroed": total.zeroed})
+        return result
+
+
+def run_sync(req, warn=None):
+    return Engine(req, warn=warn).run()
