@@ -58,7 +58,6 @@ ZERO_PIECE = 64 * MiB
 DIGEST_BLOCK = 4 * MiB
 COMMIT_INTERVAL = 5.0
 COMMIT_BYTES = 1024 * MiB
-WRITEBACK_BYTES = 64 * MiB
 MODES = ("extents", "allocated", "all", "compare")
 PLAN_VERSION = 1
 
@@ -214,9 +213,9 @@ class Engine(object):
         self._lock = threading.Lock()
         self._completed = []
         self._pending = 0
-        self._written_since_kick = 0
         self.error = None
         self.stop = threading.Event()
+        self._wake = threading.Event()
         self.stats = []
         self.hasher = None
         self.src_digests = {}
@@ -254,6 +253,9 @@ class Engine(object):
     def _open(self, mode):
         req = self.req
         self.src = open_endpoint(req.src, writable=False)
+        if "://" in req.dest and not is_nbd_url(req.dest):
+            raise ValidationError("%s: unsupported URL scheme; use a file or block-device path, or an NBD URL "
+                                  "(nbd://host:port/export, nbd+unix:///export?socket=/path)" % req.dest)
         if is_nbd_url(req.dest):
             self.dst = open_endpoint(req.dest, writable=not req.check_mode)
             if req.check_mode and self.dst.read_only:
@@ -377,6 +379,9 @@ class Engine(object):
         with self._lock:
             self._completed.append((off, length))
             self._pending += length
+            wake = self._pending >= self.req.commit_bytes
+        if wake:
+            self._wake.set()
 
     def _emit(self, dst, off, view, a, b, is_zero, st):
         if is_zero:
@@ -433,17 +438,11 @@ class Engine(object):
                 break
             pos = end
 
-    def _kick_writeback(self, dst, st_written_before, st):
-        delta = st.written - st_written_before
-        if delta <= 0 or not isinstance(dst, LocalEndpoint):
-            return
-        with self._lock:
-            self._written_since_kick += delta
-            kick = self._written_since_kick >= WRITEBACK_BYTES
-            if kick:
-                self._written_since_kick = 0
-        if kick:
-            dst.start_writeback(0, 0)
+    @staticmethod
+    def _kick_writeback(dst, off, length, st_written_before, st):
+        """Start write-back of what this piece wrote (like nbdcopy), so the final flush is short."""
+        if st.written > st_written_before and isinstance(dst, LocalEndpoint):
+            dst.start_writeback(off, length)
 
     def _zero_target_ranges(self, dst, off, length):
         """Parts of a source hole that must be zeroed on the target (skips target holes)."""
@@ -474,7 +473,7 @@ class Engine(object):
                     before = st.written
                     data = src.read(off, length, buf)
                     st.read += length
-                    if hasher is not None and full:
+                    if self.hash_pieces and full:
                         digest = hasher.piece(data)
                         size = hasher.size
                         self.src_digests[idx][slot * size:(slot + 1) * size] = digest
@@ -489,12 +488,14 @@ class Engine(object):
                             self._write_differences(dst, off, sbuf, memoryview(data), tview, st)
                     else:
                         self._write_detect(dst, off, data, st)
-                    self._kick_writeback(dst, before, st)
+                    self._kick_writeback(dst, off, length, before, st)
                 st.done += length
                 self._complete(off, length)
         except Exception as exc:  # pylint: disable=broad-except
             self.error = exc
             self.stop.set()
+        finally:
+            self._wake.set()
 
     def _open_sessions(self, count):
         sessions = [(self.src, self.dst)]
@@ -522,19 +523,22 @@ class Engine(object):
             thread.start()
             threads.append(thread)
         while True:
-            alive = [t for t in threads if t.is_alive()]
-            if not alive:
+            if not [t for t in threads if t.is_alive()]:
                 break
-            alive[0].join(0.2)
+            self._wake.wait(0.2)
+            self._wake.clear()
             if progress is not None and self.error is None:
                 progress()
+        for thread in threads:
+            thread.join()
         if self.error is not None:
             raise self.error
 
     # -- commits ---------------------------------------------------------------------------------
-    def _commit(self, force=False):
+    def _commit(self, force=False, complete=False):
+        """Flush the target, then record what was finished before the flush started."""
         with self._lock:
-            if not self._completed:
+            if not self._completed and not complete:
                 return
             if not force and self._pending < self.req.commit_bytes and \
                     time.time() - self._last_commit < self.req.commit_interval:
@@ -544,6 +548,8 @@ class Engine(object):
             self._pending = 0
         self.dst.flush()
         self.state.add_done(taken)
+        if complete:
+            self.state.status = "complete"
         self.state.save()
         self._last_commit = time.time()
 
@@ -706,6 +712,7 @@ class Engine(object):
         self.piece = piece
         self.zero = zero_bytes(max(piece, GRANULE))
         self.skip_zero = bool(req.dest_is_zero or self.dest_created)
+        self.hash_pieces = bool(req.verify and not req.check_mode)
         result = self.result
         result.update({
             "changed": False, "src": req.src, "dest": req.dest, "mode": mode, "size": self.src.size,
@@ -882,8 +889,9 @@ class Engine(object):
             self.status.write("failed", self.resumed_bytes + sum(s.done for s in self.stats), self.total_bytes,
                               message=str(exc), force=True)
             raise
-        self._commit(force=True)
-        self.dst.flush()
+        # one flush for the remaining work; without verification the run is complete with it
+        finish_now = not (req.verify or req.image_digest)
+        self._commit(force=True, complete=finish_now)
         copy_seconds = time.time() - copy_started
         total = Stats()
         for s in self.stats:
@@ -928,8 +936,9 @@ class Engine(object):
                     "missed changes, or the target was not in sync with the previous change point. Run a full "
                     "sync (mode allocated or all, or compare)" % (req.src, src_digest, req.dest, dst_digest),
                     result)
-        self.state.status = "complete"
-        self.state.save()
+        if not finish_now:
+            self.state.status = "complete"
+            self.state.save()
         result["duration_seconds"] = round(time.time() - started, 3)
         self.status.write("complete", self.total_bytes, self.total_bytes, force=True,
                           extra={"bytes_written": total.written, "bytes_zeroed": total.zeroed})

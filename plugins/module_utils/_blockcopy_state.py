@@ -56,7 +56,14 @@ def fsync_dir(path):
 
 
 def atomic_write(path, text, durable=True):
+    """Replace ``path`` atomically (temp file + rename); with ``durable``, fsync the data first.
+
+    The folder is fsync-ed only when the file is new. Replacing an existing file needs no folder
+    fsync for crash (kill -9) safety, and after a power loss an older state only means repeating
+    work: every state names less done work than the one after it.
+    """
     directory = os.path.dirname(os.path.abspath(path))
+    existed = os.path.exists(path)
     fd, tmp = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -72,7 +79,7 @@ def atomic_write(path, text, durable=True):
         except OSError:
             pass
         raise
-    if durable:
+    if durable and not existed:
         fsync_dir(directory)
 
 

@@ -106,6 +106,24 @@ def image_tag(image):
         return tail.split(":", 1)[1] if ":" in tail else None
 
 
+def sidecar_version_of(image, operator_version):
+    """Upstream sidecar version of an image, or None.
+
+    Only images named ``.../csi-snapshot-metadata`` carry the upstream version in their tag; a
+    downstream build (e.g. ODF's ``ose-csi-external-snapshot-metadata-rhel9:v4.20``) is tagged with
+    the product version, so the sidecar version the ODF release ships is assumed instead.
+    """
+    if image:
+        repo = image.split("@")[0]
+        tail = repo.rsplit("/", 1)[-1]
+        if tail.split(":", 1)[0] == SIDECAR:
+            ver = parse_version(image_tag(image))
+            if ver is not None:
+                return ver
+            return None
+    return parse_version(default_sidecar_tag(operator_version))
+
+
 def driver_type(driver):
     match = DRIVER_NAME_RE.match(driver or "")
     return match.group(1) if match else None
@@ -400,6 +418,7 @@ class Facts(object):
         self.namespace_exists = None
         self.driver_api_version = None
         self.driver = None
+        self.driver_readable = True
         self.drivers_in_namespace = []
         self.operator_csv = None
         self.odf_csv = None
@@ -456,8 +475,12 @@ def gather(api, st):
     facts.driver_api_version = preferred_version(facts.groups, "csi.ceph.io")
     if facts.driver_api_version and facts.namespace_exists is not False:
         dpath = api_path("csi.ceph.io", facts.driver_api_version, "drivers", st.driver, st.namespace)
-        facts.driver = _read(facts, "Driver %s/%s" % (st.namespace, st.driver), lambda: api.get(dpath))
-        if facts.driver is None:
+        facts.driver = _read(facts, "Driver %s/%s" % (st.namespace, st.driver), lambda: api.get(dpath),
+                             default=False)
+        facts.driver_readable = facts.driver is not False
+        if facts.driver is False:
+            facts.driver = None
+        elif facts.driver is None:
             items = _read(facts, "Drivers in %s" % st.namespace, lambda: api.list(
                 api_path("csi.ceph.io", facts.driver_api_version, "drivers", namespace=st.namespace)), default=[])
             facts.drivers_in_namespace = [(i.get("metadata") or {}).get("name") for i in items]
@@ -630,7 +653,7 @@ def diagnose(st, facts):
     running = status.get("sidecar_image")
     expected, expected_src = expected_sidecar_image(st, facts, prof)
     effective = st.sidecar_image or running or expected
-    sidecar_version = parse_version(image_tag(effective))
+    sidecar_version = sidecar_version_of(effective, prof.get("version"))
     required = required_sms_versions(prof, sidecar_version)
     served = list(facts.sms_served_versions)
     missing_versions = [v for v in required if v not in served]
@@ -645,6 +668,8 @@ def diagnose(st, facts):
     if not facts.driver_api_version:
         problem("driver_api_missing", "the csi.ceph.io API (ceph-csi-operator Driver CRD) is not installed: "
                 "ceph-csi-operator (ODF 4.19 or later) must run in the cluster")
+    elif not facts.driver_readable:
+        problem("driver_unreadable", "Driver %s/%s could not be read (RBAC)" % (st.namespace, st.driver))
     elif facts.driver is None and facts.namespace_exists is not False:
         problem("driver_missing", "Driver %s not found in namespace %s (Drivers there: %s)" % (
             st.driver, st.namespace, ", ".join(facts.drivers_in_namespace) or "none"))
@@ -667,7 +692,7 @@ def diagnose(st, facts):
                 version_str(prof.get("version")) or "(unknown version)", prof["sms_api_version"]))
         side_v = sidecar_sms_version(sidecar_version, prof.get("passes_audience"))
         if side_v in missing_versions:
-            who.append("the %s sidecar %s reads %s" % (SIDECAR, image_tag(effective), side_v))
+            who.append("the %s sidecar %s reads %s" % (SIDECAR, version_str(sidecar_version), side_v))
         problem("crd_version_mismatch",
                 "CRD version trap: the SnapshotMetadataService CRD serves only %s but %s. A missing API "
                 "version looks like 'no SnapshotMetadataService' to the operator, which then silently "
@@ -705,9 +730,9 @@ def diagnose(st, facts):
     if st.sidecar_image and running and running != st.sidecar_image:
         problem("sidecar_image_mismatch", "the running %s image is %s, not %s" % (SIDECAR, running, st.sidecar_image))
     if sidecar_version is not None and sidecar_version < (0, 2, 0):
-        problem("sidecar_name_based_delta", "sidecar %s expects the base snapshot *name* in GetMetadataDelta "
+        problem("sidecar_name_based_delta", "sidecar %s (%s) expects the base snapshot *name* in GetMetadataDelta "
                 "(v0.2.0+ expects the CSI handle); clients must use base_field_mode=name, or set sidecar_image "
-                "to v0.2.0 or later" % image_tag(effective), blocking=False)
+                "to v0.2.0 or later" % (version_str(sidecar_version), effective), blocking=False)
 
     blocking = [p for p in problems if p["blocking"]]
     enabled = bool(status["sidecar_ready"] and facts.sms is not None and not blocking)
@@ -784,3 +809,46 @@ def diagnose(st, facts):
                     "managed_by_us": is_ours(facts.service)},
         "tls": tls_info,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# argument specs shared by odf_cbt_enable and odf_cbt_info
+# ----------------------------------------------------------------------------------------------
+def lookup_argument_spec():
+    """Options naming the objects (both modules)."""
+    return dict(
+        driver=dict(type="str", default="openshift-storage.rbd.csi.ceph.com"),
+        namespace=dict(type="str", default="openshift-storage"),
+        operator_namespace=dict(type="str"),
+        scc_name=dict(type="str", default="ceph-csi-op-scc"),
+        service_name=dict(type="str", default="csi-snapshot-metadata"),
+        service_port=dict(type="int", default=6443),
+        tls_secret_name=dict(type="str"),
+        ca_secret_name=dict(type="str"),
+        tls_provider=dict(type="str", default="auto", choices=["auto", "odf", "service_ca", "self_managed"]),
+        sms_api_version=dict(type="str", default="auto", choices=["auto", "v1alpha1", "v1beta1"]),
+        sidecar_image=dict(type="str"),
+        cluster_domain=dict(type="str", default="cluster.local"),
+    )
+
+
+def enable_argument_spec():
+    """Options of odf_cbt_enable on top of the lookup options."""
+    spec = lookup_argument_spec()
+    spec.update(
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        audience=dict(type="str"),
+        address=dict(type="str"),
+        cert_validity_days=dict(type="int", default=365),
+        ca_validity_days=dict(type="int", default=3650),
+        cert_renew_before_days=dict(type="int", default=30),
+        tls_volume_type=dict(type="str", default="auto", choices=["auto", "secret", "projected"]),
+        manage_crd=dict(type="bool", default=True),
+        crd_add_missing_versions=dict(type="bool", default=False),
+        remove_crd=dict(type="bool", default=True),
+        reconcile_trigger=dict(type="str", default="annotate", choices=["annotate", "restart_operator", "none"]),
+        wait=dict(type="bool", default=True),
+        wait_timeout=dict(type="int", default=300),
+        wait_sleep=dict(type="float", default=5.0),
+    )
+    return spec

@@ -2,7 +2,8 @@
 // built from the Go module proxy (see BINARIES). Upstream's go.mod replaces its client
 // submodule with ./client; a dependency's replace directives are ignored, so this wrapper
 // pins the newest published client tag instead (client/v1.0.0; client/v1.1.0 is not
-// published). The k8s.io replaces mirror upstream's own pins for the release.
+// published). go mod tidy resolves k8s.io/* to v0.36.1, the release's own pins, so no
+// further replace is needed.
 module cbt.toolkit/tests/peers/snapshot-metadata
 
 go 1.26.0

@@ -1,0 +1,554 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The change-point checkpoint store behind ``cbt_checkpoint`` and ``cbt_checkpoint_info``.
+
+A checkpoint is the last verified change point (VMware changeId, CSI snapshot id or handle) that a
+target holds for one source, keyed by ``(source_id, target)``. Advancing it is a compare-and-set
+on the previous value, so two pipelines cannot both advance from the same point; every change is
+appended to a history for audit.
+
+Backends: SQLite (standard library, the default), PostgreSQL (psycopg 3 or psycopg2) and a
+Kubernetes ConfigMap. This file holds the shared decision logic, the SQL backend core and SQLite.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import datetime
+import json
+import os
+import re
+import sqlite3
+
+TABLE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,50}(\.[A-Za-z_][A-Za-z0-9_]{0,50})?$")
+
+
+class CheckpointError(Exception):
+    """A store problem the user can act on."""
+
+
+class MissingLibrary(CheckpointError):
+    """A backend's Python library is not installed."""
+
+    def __init__(self, library, import_error):
+        CheckpointError.__init__(self, "missing Python library %s" % library)
+        self.library = library
+        self.import_error = import_error
+
+
+class ConflictError(CheckpointError):
+    """The compare-and-set failed: the stored checkpoint is not the expected one."""
+
+    def __init__(self, message, current):
+        CheckpointError.__init__(self, message)
+        self.current = current
+
+
+def now_iso():
+    return datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def default_sqlite_path():
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "cbt.toolkit", "checkpoints.sqlite")
+
+
+def check_table_name(table):
+    if not TABLE_RE.match(table or ""):
+        raise CheckpointError("table %r is not a valid SQL identifier (letters, digits, underscores, optionally "
+                              "schema.table)" % (table,))
+    return table
+
+
+def _describe(record):
+    if record is None:
+        return "no checkpoint"
+    return "change id %r at generation %d (recorded %s)" % (record["change_id"], record["generation"],
+                                                            record.get("updated_at"))
+
+
+def decide_advance(current, source_id, target, change_id, expected_previous=None, expected_generation=None,
+                   force=False):
+    """Return ``"unchanged"`` or ``"advance"``; raise ``ConflictError`` when the CAS fails.
+
+    * the stored change id already equals ``change_id``: unchanged (a re-run after success);
+    * ``force``: advance whatever is stored;
+    * ``expected_generation`` (0 = nothing stored yet) and/or ``expected_previous`` must match;
+    * neither given: only a first checkpoint may be created.
+    """
+    key = "source %r, target %r" % (source_id, target)
+    if current is not None and current["change_id"] == change_id:
+        return "unchanged"
+    if force:
+        return "advance"
+    if expected_generation is not None:
+        have = current["generation"] if current is not None else 0
+        if have != expected_generation:
+            raise ConflictError("checkpoint conflict for %s: expected generation %d but the store has %s; another "
+                                "pipeline advanced it. Read it with cbt.toolkit.cbt_checkpoint_info and sync from "
+                                "the stored change point" % (key, expected_generation, _describe(current)), current)
+    if expected_previous is not None:
+        if current is None or current["change_id"] != expected_previous:
+            raise ConflictError("checkpoint conflict for %s: expected previous change id %r but the store has %s; "
+                                "another pipeline advanced it or the sync started from a stale change point. Read "
+                                "it with cbt.toolkit.cbt_checkpoint_info and sync from the stored change point"
+                                % (key, expected_previous, _describe(current)), current)
+    if expected_generation is None and expected_previous is None and current is not None:
+        raise ConflictError("a checkpoint already exists for %s (%s); pass expected_previous (the change id your "
+                            "sync started from) or expected_generation to advance it" % (key, _describe(current)),
+                            current)
+    return "advance"
+
+
+def check_delete(current, source_id, target, expected_previous=None, expected_generation=None):
+    if current is None:
+        return False
+    if expected_generation is not None and current["generation"] != expected_generation:
+        raise ConflictError("checkpoint conflict for source %r, target %r: expected generation %d but the store "
+                            "has %s" % (source_id, target, expected_generation, _describe(current)), current)
+    if expected_previous is not None and current["change_id"] != expected_previous:
+        raise ConflictError("checkpoint conflict for source %r, target %r: expected change id %r but the store "
+                            "has %s" % (source_id, target, expected_previous, _describe(current)), current)
+    return True
+
+
+def new_record(current, source_id, target, change_id, bytes_, metadata):
+    return {
+        "source_id": source_id,
+        "target": target,
+        "change_id": change_id,
+        "previous_change_id": current["change_id"] if current is not None else None,
+        "generation": (current["generation"] if current is not None else 0) + 1,
+        "bytes": bytes_,
+        "updated_at": now_iso(),
+        "metadata": dict(metadata or {}),
+    }
+
+
+class Store(object):
+    """Backend interface."""
+
+    backend = None
+
+    def get(self, source_id, target):
+        raise NotImplementedError
+
+    def list(self, source_id=None, target=None):
+        raise NotImplementedError
+
+    def history(self, source_id, target, limit=20):
+        raise NotImplementedError
+
+    def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
+                expected_generation=None, force=False, check_mode=False):
+        """Return ``(changed, record, previous)``."""
+        raise NotImplementedError
+
+    def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
+        """Return ``(changed, previous)``."""
+        raise NotImplementedError
+
+    def close(self):
+        pass
+
+    def describe(self):
+        return self.backend
+
+
+class SqlStore(Store):
+    """Shared SQL logic. Subclasses set the connection, placeholder and DDL."""
+
+    placeholder = "?"
+
+    def __init__(self, table):
+        self.table = check_table_name(table)
+        self.history_table = self.table + "_history"
+        self.conn = None
+
+    # subclass hooks
+    def _begin_write(self, cur):
+        raise NotImplementedError
+
+    def _select_current_sql(self):
+        return "SELECT source_id, target, change_id, previous_change_id, generation, bytes, updated_at, metadata " \
+               "FROM %s WHERE source_id = %s AND target = %s" % (self.table, self.placeholder, self.placeholder)
+
+    def _is_unique_violation(self, exc):
+        return False
+
+    def _encode_time(self, value):
+        return value
+
+    def _decode_time(self, value):
+        if value is None:
+            return None
+        if isinstance(value, datetime.datetime):
+            if value.tzinfo is not None:
+                value = value.astimezone(_UTC).replace(tzinfo=None)
+            return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return str(value)
+
+    def _encode_meta(self, value):
+        return json.dumps(value or {}, sort_keys=True)
+
+    def _decode_meta(self, value):
+        if value is None:
+            return {}
+        if isinstance(value, dict):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            return {"_raw": value}
+
+    def _row(self, row):
+        if row is None:
+            return None
+        return {
+            "source_id": row[0], "target": row[1], "change_id": row[2], "previous_change_id": row[3],
+            "generation": int(row[4]), "bytes": None if row[5] is None else int(row[5]),
+            "updated_at": self._decode_time(row[6]), "metadata": self._decode_meta(row[7]),
+        }
+
+    def _q(self, sql):
+        return sql.replace("?", self.placeholder)
+
+    def get(self, source_id, target):
+        cur = self.conn.cursor()
+        try:
+            cur.execute(self._select_current_sql(), (source_id, target))
+            row = self._row(cur.fetchone())
+        finally:
+            cur.close()
+        self.conn.rollback()
+        return row
+
+    def list(self, source_id=None, target=None):
+        sql = "SELECT source_id, target, change_id, previous_change_id, generation, bytes, updated_at, metadata " \
+              "FROM %s" % self.table
+        where = []
+        args = []
+        if source_id is not None:
+            where.append("source_id = ?")
+            args.append(source_id)
+        if target is not None:
+            where.append("target = ?")
+            args.append(target)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY source_id, target"
+        cur = self.conn.cursor()
+        try:
+            cur.execute(self._q(sql), tuple(args))
+            rows = [self._row(r) for r in cur.fetchall()]
+        finally:
+            cur.close()
+        self.conn.rollback()
+        return rows
+
+    def history(self, source_id, target, limit=20):
+        sql = "SELECT id, action, change_id, previous_change_id, generation, bytes, recorded_at, metadata FROM %s " \
+              "WHERE source_id = ? AND target = ? ORDER BY id DESC" % self.history_table
+        args = [source_id, target]
+        if limit:
+            sql += " LIMIT ?"
+            args.append(int(limit))
+        cur = self.conn.cursor()
+        try:
+            cur.execute(self._q(sql), tuple(args))
+            rows = cur.fetchall()
+        finally:
+            cur.close()
+        self.conn.rollback()
+        return [{"id": int(r[0]), "action": r[1], "change_id": r[2], "previous_change_id": r[3],
+                 "generation": int(r[4]), "bytes": None if r[5] is None else int(r[5]),
+                 "recorded_at": self._decode_time(r[6]), "metadata": self._decode_meta(r[7])} for r in rows]
+
+    def _insert_history(self, cur, action, record, previous_change_id):
+        cur.execute(self._q(
+            "INSERT INTO %s (source_id, target, action, change_id, previous_change_id, generation, bytes, "
+            "recorded_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" % self.history_table),
+            (record["source_id"], record["target"], action, record["change_id"], previous_change_id,
+             record["generation"], record["bytes"], self._encode_time(record["updated_at"]),
+             self._encode_meta(record["metadata"])))
+
+    def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
+                expected_generation=None, force=False, check_mode=False):
+        for attempt in range(3):
+            cur = self.conn.cursor()
+            try:
+                self._begin_write(cur)
+                cur.execute(self._select_current_sql() + self._for_update(), (source_id, target))
+                current = self._row(cur.fetchone())
+                action = decide_advance(current, source_id, target, change_id, expected_previous,
+                                        expected_generation, force)
+                if action == "unchanged":
+                    self.conn.rollback()
+                    return False, current, current
+                record = new_record(current, source_id, target, change_id, bytes_, metadata)
+                if check_mode:
+                    self.conn.rollback()
+                    return True, record, current
+                if current is None:
+                    cur.execute(self._q(
+                        "INSERT INTO %s (source_id, target, change_id, previous_change_id, generation, bytes, "
+                        "updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % self.table),
+                        (source_id, target, change_id, None, record["generation"], bytes_,
+                         self._encode_time(record["updated_at"]), self._encode_meta(record["metadata"])))
+                else:
+                    cur.execute(self._q(
+                        "UPDATE %s SET change_id = ?, previous_change_id = ?, generation = ?, bytes = ?, "
+                        "updated_at = ?, metadata = ? WHERE source_id = ? AND target = ? AND generation = ?"
+                        % self.table),
+                        (change_id, record["previous_change_id"], record["generation"], bytes_,
+                         self._encode_time(record["updated_at"]), self._encode_meta(record["metadata"]),
+                         source_id, target, current["generation"]))
+                    if cur.rowcount != 1:
+                        self.conn.rollback()
+                        continue  # changed under us; decide again with the new value
+                self._insert_history(cur, "advance", record, record["previous_change_id"])
+                self.conn.commit()
+                return True, record, current
+            except ConflictError:
+                self.conn.rollback()
+                raise
+            except Exception as exc:
+                self.conn.rollback()
+                if self._is_unique_violation(exc) and attempt < 2:
+                    continue  # a concurrent first insert won; decide again
+                raise
+            finally:
+                cur.close()
+        raise CheckpointError("checkpoint for source %r, target %r kept changing while it was advanced; re-run"
+                              % (source_id, target))
+
+    def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
+        cur = self.conn.cursor()
+        try:
+            self._begin_write(cur)
+            cur.execute(self._select_current_sql() + self._for_update(), (source_id, target))
+            current = self._row(cur.fetchone())
+            if not check_delete(current, source_id, target, expected_previous, expected_generation):
+                self.conn.rollback()
+                return False, None
+            if check_mode:
+                self.conn.rollback()
+                return True, current
+            cur.execute(self._q("DELETE FROM %s WHERE source_id = ? AND target = ? AND generation = ?"
+                                % self.table), (source_id, target, current["generation"]))
+            if cur.rowcount != 1:
+                self.conn.rollback()
+                raise ConflictError("checkpoint for source %r, target %r changed while it was deleted; re-run"
+                                    % (source_id, target), None)
+            event = dict(current)
+            event["updated_at"] = now_iso()
+            event["metadata"] = {}
+            self._insert_history(cur, "delete", event, current["change_id"])
+            self.conn.commit()
+            return True, current
+        except Exception:
+            self.conn.rollback()
+            raise
+        finally:
+            cur.close()
+
+    def _for_update(self):
+        return ""
+
+    def close(self):
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            finally:
+                self.conn = None
+
+
+class _Utc(datetime.tzinfo):
+    def utcoffset(self, dt):
+        return datetime.timedelta(0)
+
+    def tzname(self, dt):
+        return "UTC"
+
+    def dst(self, dt):
+        return datetime.timedelta(0)
+
+
+_UTC = _Utc()
+
+
+class _SqliteConn(object):
+    """Gives an autocommit-mode sqlite3 connection the commit()/rollback() the SQL core expects."""
+
+    def __init__(self, conn):
+        self._conn = conn
+
+    def cursor(self):
+        return self._conn.cursor()
+
+    def commit(self):
+        if self._conn.in_transaction:
+            self._conn.execute("COMMIT")
+
+    def rollback(self):
+        if self._conn.in_transaction:
+            self._conn.execute("ROLLBACK")
+
+    def close(self):
+        self._conn.close()
+
+
+class SqliteStore(SqlStore):
+    """A local SQLite file. ``BEGIN IMMEDIATE`` takes the write lock before the read, so the
+    read-decide-write of an advance is atomic across processes."""
+
+    backend = "sqlite"
+
+    def __init__(self, path, table="cbt_checkpoints", create=True, timeout=30.0):
+        SqlStore.__init__(self, table)
+        if "." in table:
+            raise CheckpointError("table %r: SQLite tables take no schema prefix" % table)
+        self.path = path
+        if not os.path.exists(path):
+            if not create:
+                return  # check mode / info: a missing store reads as empty and is not created
+            directory = os.path.dirname(os.path.abspath(path))
+            if not os.path.isdir(directory):
+                try:
+                    os.makedirs(directory, 0o700)
+                except OSError as exc:
+                    raise CheckpointError("cannot create the folder %s for the SQLite checkpoint store: %s"
+                                          % (directory, exc))
+        try:
+            raw = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+            raw.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
+            self.conn = _SqliteConn(raw)
+            if create:
+                self._ensure_schema(raw)
+        except sqlite3.Error as exc:
+            raise CheckpointError("cannot open the SQLite checkpoint store %s: %s" % (path, exc))
+
+    def describe(self):
+        return "sqlite:%s" % self.path
+
+    def _ensure_schema(self, raw):
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            raw.execute(
+                "CREATE TABLE IF NOT EXISTS %s (source_id TEXT NOT NULL, target TEXT NOT NULL, change_id TEXT NOT "
+                "NULL, previous_change_id TEXT, generation INTEGER NOT NULL, bytes INTEGER, updated_at TEXT NOT "
+                "NULL, metadata TEXT NOT NULL DEFAULT '{}', PRIMARY KEY (source_id, target))" % self.table)
+            raw.execute(
+                "CREATE TABLE IF NOT EXISTS %s (id INTEGER PRIMARY KEY AUTOINCREMENT, source_id TEXT NOT NULL, "
+                "target TEXT NOT NULL, action TEXT NOT NULL, change_id TEXT NOT NULL, previous_change_id TEXT, "
+                "generation INTEGER NOT NULL, bytes INTEGER, recorded_at TEXT NOT NULL, metadata TEXT NOT NULL "
+                "DEFAULT '{}')" % self.history_table)
+            raw.execute("CREATE INDEX IF NOT EXISTS %s_key ON %s (source_id, target, id)"
+                        % (self.history_table, self.history_table))
+            raw.execute("COMMIT")
+        except Exception:
+            raw.execute("ROLLBACK")
+            raise
+
+    def _begin_write(self, cur):
+        cur.execute("BEGIN IMMEDIATE")
+
+    def _is_unique_violation(self, exc):
+        return isinstance(exc, sqlite3.IntegrityError)
+
+    def _guard(self, func, what):
+        try:
+            return func()
+        except sqlite3.Error as exc:
+            raise CheckpointError("%s in the SQLite checkpoint store %s failed: %s" % (what, self.path, exc))
+
+    def _has_tables(self):
+        cur = self.conn.cursor()
+        try:
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,))
+            return cur.fetchone() is not None
+        finally:
+            cur.close()
+
+    def get(self, source_id, target):
+        if self.conn is None or not self._has_tables():
+            return None
+        return self._guard(lambda: SqlStore.get(self, source_id, target), "reading")
+
+    def list(self, source_id=None, target=None):
+        if self.conn is None or not self._has_tables():
+            return []
+        return self._guard(lambda: SqlStore.list(self, source_id, target), "reading")
+
+    def history(self, source_id, target, limit=20):
+        if self.conn is None or not self._has_tables():
+            return []
+        return self._guard(lambda: SqlStore.history(self, source_id, target, limit), "reading")
+
+    def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
+                expected_generation=None, force=False, check_mode=False):
+        if self.conn is None or not self._has_tables():
+            if not check_mode:
+                raise CheckpointError("the SQLite checkpoint store %s is not initialised" % self.path)
+            decide_advance(None, source_id, target, change_id, expected_previous, expected_generation, force)
+            return True, new_record(None, source_id, target, change_id, bytes_, metadata), None
+        return self._guard(lambda: SqlStore.advance(
+            self, source_id, target, change_id, bytes_, metadata, expected_previous, expected_generation, force,
+            check_mode), "advancing")
+
+    def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
+        if self.conn is None or not self._has_tables():
+            return False, None
+        return self._guard(lambda: SqlStore.delete(
+            self, source_id, target, expected_previous, expected_generation, check_mode), "deleting")
+
+
+def open_store(params, check_mode=False):
+    """Open the backend named in the module parameters."""
+    backend = params.get("backend") or "sqlite"
+    if backend == "sqlite":
+        path = params.get("sqlite_path") or default_sqlite_path()
+        return SqliteStore(path, table=params.get("table") or "cbt_checkpoints", create=not check_mode)
+    if backend == "postgresql":
+        from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_postgres import PostgresStore
+        return PostgresStore(params.get("postgresql_dsn"), password=params.get("postgresql_password"),
+                             table=params.get("table") or "cbt_checkpoints",
+                             connect_timeout=params.get("connect_timeout") or 10, create=not check_mode)
+    if backend == "configmap":
+        from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_configmap import ConfigMapStore
+        return ConfigMapStore(params, name=params.get("configmap_name"),
+                              namespace=params.get("configmap_namespace"),
+                              history_limit=params.get("history_limit"))
+    raise CheckpointError("unknown backend %r" % backend)
+
+
+def backend_argument_spec():
+    """Options shared by cbt_checkpoint and cbt_checkpoint_info (see doc fragment checkpoint_backend)."""
+    from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import k8s_auth_argument_spec
+    spec = dict(
+        backend=dict(type="str", choices=["sqlite", "postgresql", "configmap"], default="sqlite"),
+        sqlite_path=dict(type="path"),
+        postgresql_dsn=dict(type="str", no_log=True),
+        postgresql_password=dict(type="str", no_log=True),
+        table=dict(type="str", default="cbt_checkpoints"),
+        connect_timeout=dict(type="int", default=10),
+        configmap_name=dict(type="str"),
+        configmap_namespace=dict(type="str"),
+        history_limit=dict(type="int", default=100),
+    )
+    spec.update(k8s_auth_argument_spec())
+    return spec
+
+
+BACKEND_REQUIRED_IF = [
+    ("backend", "postgresql", ("postgresql_dsn",)),
+    ("backend", "configmap", ("configmap_name", "configmap_namespace")),
+]
+
+
+def fail_for_missing_library(module, exc):
+    """Report a missing optional library the Ansible way."""
+    from ansible.module_utils.basic import missing_required_lib
+    module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_error)

@@ -1,0 +1,339 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Inventory lookups: one VM by name / UUID / MoID, many VMs in one PropertyCollector
+retrieval, inventory paths, datacenters, folders and clusters.
+
+This utility is private to the cbt.toolkit collection; its interface may change at any time.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import (
+    VmwareAmbiguous,
+    VmwareNotFound,
+    VmwareApiError,
+    is_fault,
+    object_spec,
+    property_spec,
+    view_traversal,
+    vim,
+)
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
+
+# Read on every VM the CBT modules look at. Explicit paths only (see _vmware_client).
+VM_PROPERTIES = [
+    "name",
+    "parent",
+    "parentVApp",
+    "config.uuid",
+    "config.instanceUuid",
+    "config.version",
+    "config.template",
+    "config.changeTrackingEnabled",
+    "config.hardware.device",
+    "capability.changeTrackingSupported",
+    "runtime.powerState",
+    "runtime.consolidationNeeded",
+    "rootSnapshot",
+]
+VM_PROPERTIES_NO_DISKS = [p for p in VM_PROPERTIES if p != "config.hardware.device"]
+
+def _entity_specs():
+    return [
+        property_spec(vim.Folder, ["name", "parent"]),
+        property_spec(vim.Datacenter, ["name", "parent"]),
+        property_spec(vim.VirtualApp, ["name", "parentFolder", "parentVApp"]),
+    ]
+
+
+def _moid(obj):
+    return getattr(obj, "_moId", None) if obj is not None else None
+
+
+class EntityTree(object):
+    """Names and parents of folders, datacenters and vApps, to build inventory paths."""
+
+    def __init__(self, root_moid):
+        self.root = root_moid
+        self.names = {}
+        self.parents = {}
+
+    def add(self, obj, props):
+        moid = _moid(obj)
+        self.names[moid] = props.get("name", moid)
+        parent = props.get("parent") or props.get("parentVApp") or props.get("parentFolder")
+        self.parents[moid] = _moid(parent)
+
+    def path_of(self, name, parent_moid):
+        parts = [name]
+        seen = set()
+        current = parent_moid
+        while current and current != self.root and current not in seen:
+            seen.add(current)
+            parts.append(self.names.get(current, current))
+            current = self.parents.get(current)
+        return "/" + "/".join(reversed(parts))
+
+
+def entity_tree(client):
+    """One retrieval of all folder/datacenter/vApp names and parents."""
+    root = client.content.rootFolder
+    view = client.container_view(root, [vim.Folder, vim.Datacenter, vim.VirtualApp], True)
+    try:
+        rows = client.retrieve([object_spec(view, skip=True, select_set=[view_traversal()])], _entity_specs(),
+                               what="reading the inventory tree")
+    finally:
+        client.destroy_view(view)
+    tree = EntityTree(_moid(root))
+    for obj, props, _missing in rows:
+        tree.add(obj, props)
+    return tree
+
+
+def vm_parent_moid(props):
+    return _moid(props.get("parent")) or _moid(props.get("parentVApp"))
+
+
+def _find_by_name(client, vim_type, name, container=None, kind="object"):
+    container = container or client.content.rootFolder
+    view = client.container_view(container, [vim_type], True)
+    try:
+        rows = client.retrieve([object_spec(view, skip=True, select_set=[view_traversal()])],
+                               [property_spec(vim_type, ["name"])], what="looking up %s '%s'" % (kind, name))
+    finally:
+        client.destroy_view(view)
+    return rows
+
+
+def find_datacenter(client, name):
+    rows = _find_by_name(client, vim.Datacenter, name, kind="datacenter")
+    matches = [obj for obj, props, _m in rows if props.get("name") == name]
+    if not matches:
+        available = sorted(props.get("name", "") for _o, props, _m in rows)
+        raise VmwareNotFound("datacenter '%s' not found; available datacenters: %s"
+                             % (name, ", ".join(available) or "none"))
+    if len(matches) > 1:
+        raise VmwareAmbiguous("datacenter name '%s' is not unique (%s); use folder with a full path"
+                              % (name, ", ".join(_moid(m) for m in matches)),
+                              matches=[{"moid": _moid(m)} for m in matches])
+    return matches[0]
+
+
+def normalize_folder(folder, datacenter=None):
+    """``/DC0/vm/x``, ``DC0/vm/x``, or with ``datacenter``: ``x``, ``vm/x``, ``/vm/x`` ->
+    ``DC0/vm/x`` (the form FindByInventoryPath wants)."""
+    path = "/".join(p for p in folder.strip().split("/") if p)
+    if datacenter:
+        if path == datacenter or path.startswith(datacenter + "/"):
+            return path
+        if path == "vm" or path.startswith("vm/"):
+            return "%s/%s" % (datacenter, path)
+        return "%s/vm/%s" % (datacenter, path) if path else "%s/vm" % datacenter
+    return path
+
+
+def resolve_folder(client, folder, datacenter=None):
+    path = normalize_folder(folder, datacenter)
+    found = client.invoke("looking up folder '%s'" % folder, client.content.searchIndex.FindByInventoryPath, path)
+    if found is None or not isinstance(found, (vim.Folder, vim.Datacenter, vim.VirtualApp)):
+        hint = "" if datacenter or "/" in path else " (give the full path /<datacenter>/vm/<folder> or set datacenter)"
+        raise VmwareNotFound("folder '%s' not found (looked for inventory path '/%s')%s"
+                             % (folder, path, hint))
+    return found
+
+
+def find_cluster(client, name, container=None):
+    rows = _find_by_name(client, vim.ClusterComputeResource, name, container=container, kind="cluster")
+    matches = [obj for obj, props, _m in rows if props.get("name") == name]
+    if not matches:
+        available = sorted(props.get("name", "") for _o, props, _m in rows)
+        raise VmwareNotFound("cluster '%s' not found; available clusters: %s"
+                             % (name, ", ".join(available) or "none"))
+    if len(matches) > 1:
+        raise VmwareAmbiguous("cluster name '%s' is not unique (%s); set datacenter"
+                              % (name, ", ".join(_moid(m) for m in matches)),
+                              matches=[{"moid": _moid(m)} for m in matches])
+    return matches[0]
+
+
+def scope_container(client, datacenter=None, folder=None, cluster=None):
+    """The inventory object to search below, and a text naming it."""
+    dc_ref = find_datacenter(client, datacenter) if datacenter else None
+    if folder:
+        return resolve_folder(client, folder, datacenter), "folder '%s'" % folder
+    if cluster:
+        return find_cluster(client, cluster, dc_ref), "cluster '%s'" % cluster
+    if dc_ref is not None:
+        return dc_ref, "datacenter '%s'" % datacenter
+    return client.content.rootFolder, "the whole inventory"
+
+
+def _describe_matches(client, rows):
+    tree = entity_tree(client)
+    matches = []
+    for obj, props, _m in rows:
+        matches.append({"moid": _moid(obj), "name": props.get("name"),
+                        "path": tree.path_of(props.get("name"), vm_parent_moid(props)),
+                        "instance_uuid": props.get("config.instanceUuid")})
+    return sorted(matches, key=lambda m: m["path"])
+
+
+def find_vm(client, name=None, uuid=None, use_instance_uuid=False, moid=None, datacenter=None, folder=None):
+    """Return the VM managed object named by exactly one of name / uuid / moid.
+
+    Raises VmwareNotFound (naming where it looked) or VmwareAmbiguous (listing every match
+    with MoID and inventory path).
+    """
+    if moid:
+        vm = client.mo(vim.VirtualMachine, moid)
+        try:
+            client.properties(vm, ["name"], what="looking up VM moid '%s'" % moid)
+        except VmwareApiError as exc:
+            if is_fault(exc.fault, "ManagedObjectNotFound", "InvalidArgument"):
+                raise VmwareNotFound("VM with moid '%s' not found in vCenter %s" % (moid, client.endpoint))
+            raise
+        return vm
+    if uuid:
+        dc_ref = find_datacenter(client, datacenter) if datacenter else None
+        kind = "instance UUID" if use_instance_uuid else "BIOS UUID"
+        found = client.invoke("looking up the VM with %s '%s'" % (kind, uuid),
+                              client.content.searchIndex.FindAllByUuid,
+                              datacenter=dc_ref, uuid=uuid, vmSearch=True, instanceUuid=bool(use_instance_uuid))
+        found = [f for f in (found or []) if isinstance(f, vim.VirtualMachine)]
+        if not found:
+            other = "BIOS" if use_instance_uuid else "instance"
+            raise VmwareNotFound("no VM with %s '%s'%s; if this is the %s UUID set use_instance_uuid: %s"
+                                 % (kind, uuid, " in datacenter '%s'" % datacenter if datacenter else "",
+                                    other, "false" if use_instance_uuid else "true"))
+        if len(found) > 1:
+            rows = client.retrieve([object_spec(f) for f in found],
+                                   [property_spec(vim.VirtualMachine,
+                                                  ["name", "parent", "parentVApp", "config.instanceUuid"])],
+                                   what="describing VMs with %s '%s'" % (kind, uuid))
+            matches = _describe_matches(client, rows)
+            raise VmwareAmbiguous("%d VMs share the %s '%s' (cloned VMs keep the BIOS UUID): %s; use moid "
+                                  "or the instance UUID (use_instance_uuid: true)"
+                                  % (len(matches), kind, uuid, _format_matches(matches)), matches=matches)
+        return found[0]
+    if not name:
+        raise VmwareNotFound("no VM given: set one of name, uuid or moid")
+    container, scope = scope_container(client, datacenter=datacenter, folder=folder)
+    view = client.container_view(container, [vim.VirtualMachine], True)
+    try:
+        rows = client.retrieve([object_spec(view, skip=True, select_set=[view_traversal()])],
+                               [property_spec(vim.VirtualMachine,
+                                              ["name", "parent", "parentVApp", "config.instanceUuid"])],
+                               what="looking up VM '%s'" % name)
+    finally:
+        client.destroy_view(view)
+    matches = [r for r in rows if r[1].get("name") == name]
+    if not matches:
+        similar = sorted(r[1].get("name") for r in rows if (r[1].get("name") or "").lower() == name.lower())
+        hint = "; did you mean %s?" % ", ".join("'%s'" % s for s in similar) if similar else \
+            "; VM names are case-sensitive, or use uuid / moid"
+        raise VmwareNotFound("VM '%s' not found in %s%s" % (name, scope, hint))
+    if len(matches) > 1:
+        described = _describe_matches(client, matches)
+        raise VmwareAmbiguous("VM name '%s' is ambiguous in %s: %d VMs match: %s; set folder (or "
+                              "datacenter) to the one you mean, or use uuid / moid"
+                              % (name, scope, len(described), _format_matches(described)), matches=described)
+    return matches[0][0]
+
+
+def _format_matches(matches):
+    return "; ".join("%s (moid %s)" % (m["path"], m["moid"]) for m in matches)
+
+
+def collect_vms(client, container=None, refs=None, include_disks=True, page_size=None):
+    """All VMs below ``container`` (or exactly ``refs``) with their CBT-relevant properties and
+    inventory paths, in ONE PropertyCollector retrieval. Returns a list of dicts
+    ``{"ref", "moid", "props", "missing", "path"}``."""
+    paths = VM_PROPERTIES if include_disks else VM_PROPERTIES_NO_DISKS
+    views = []
+    try:
+        if refs is not None:
+            vm_specs = [object_spec(r) for r in refs]
+        else:
+            vm_view = client.container_view(container or client.content.rootFolder, [vim.VirtualMachine], True)
+            views.append(vm_view)
+            vm_specs = [object_spec(vm_view, skip=True, select_set=[view_traversal()])]
+        ent_view = client.container_view(client.content.rootFolder,
+                                         [vim.Folder, vim.Datacenter, vim.VirtualApp], True)
+        views.append(ent_view)
+        specs = vm_specs + [object_spec(ent_view, skip=True, select_set=[view_traversal()])]
+        rows = client.retrieve(specs, [property_spec(vim.VirtualMachine, paths)] + _entity_specs(),
+                               what="reading VM properties", page_size=page_size)
+    finally:
+        for view in views:
+            client.destroy_view(view)
+    tree = EntityTree(_moid(client.content.rootFolder))
+    vms = []
+    for obj, props, missing in rows:
+        if isinstance(obj, vim.VirtualMachine):
+            vms.append({"ref": obj, "moid": _moid(obj), "props": props, "missing": missing})
+        else:
+            tree.add(obj, props)
+    for record in vms:
+        props = record["props"]
+        record["path"] = tree.path_of(props.get("name", record["moid"]), vm_parent_moid(props))
+    vms.sort(key=lambda r: (r["path"], r["moid"]))
+    return vms
+
+
+def read_vm(client, vm, include_snapshots=False):
+    """One VM's record (as ``collect_vms``), optionally with its snapshot tree."""
+    records = collect_vms(client, refs=[vm], include_disks=True)
+    if not records:
+        raise VmwareNotFound("VM %s disappeared from vCenter" % _moid(vm))
+    record = records[0]
+    if include_snapshots:
+        record["props"]["snapshot"] = client.properties(vm, ["snapshot"], what="reading the snapshots of VM '%s'"
+                                                        % record["props"].get("name")).get("snapshot")
+    return record
+
+
+def hw_version_number(version):
+    """``vmx-13`` -> 13; None when unknown."""
+    if not version:
+        return None
+    text = str(version)
+    digits = text.split("-")[-1]
+    try:
+        return int(digits)
+    except ValueError:
+        return None
+
+
+def vm_facts(record, include_disks=True):
+    """The per-VM result dict shared by vmware_cbt, vmware_cbt_info and the snapshot modules."""
+    props = record["props"]
+    cbt = bool(props.get("config.changeTrackingEnabled"))
+    facts = {
+        "name": props.get("name"),
+        "moid": record["moid"],
+        "instance_uuid": props.get("config.instanceUuid"),
+        "bios_uuid": props.get("config.uuid"),
+        "power_state": str(props["runtime.powerState"]) if props.get("runtime.powerState") is not None else None,
+        "hw_version": props.get("config.version"),
+        "path": record["path"],
+        "template": bool(props.get("config.template")),
+        "cbt_enabled": cbt,
+        "change_tracking_supported": bool(props.get("capability.changeTrackingSupported")),
+        "consolidation_needed": bool(props.get("runtime.consolidationNeeded")),
+        "has_snapshots": bool(props.get("rootSnapshot")),
+    }
+    if record.get("missing"):
+        facts["unreadable_properties"] = sorted(record["missing"])
+    if include_disks:
+        disks = describe_disks(props.get("config.hardware.device") or [])
+        facts["disks"] = disks
+        eligible = [d for d in disks if d["eligible"]]
+        facts["cbt_initialized"] = bool(cbt and eligible and all(d["change_id"] for d in eligible))
+    return facts
+
+
+def vm_label(record):
+    return "'%s' (%s, moid %s)" % (record["props"].get("name"), record["path"], record["moid"])

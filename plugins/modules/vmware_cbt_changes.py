@@ -1,0 +1,310 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: vmware_cbt_changes
+short_description: Changed areas of a vSphere VM disk at a snapshot since a changeId (QueryChangedDiskAreas)
+version_added: 0.1.0
+description:
+  - Asks vSphere which areas of one disk changed between O(change_id) and O(snapshot). With O(change_id=*) it asks
+    for all allocated areas (for the first, full copy).
+  - Pages through C(QueryChangedDiskAreas) by vSphere's rules. Each call continues at C(startOffset + length)
+    of the previous window until the disk capacity. An empty window is not the end of the disk (some
+    tools stop there and silently miss changes).
+  - Never returns a silently empty list when the answer is unknown. RV(full_sync_required) is V(true), with
+    RV(reason), in these cases. The UUID part of O(change_id) differs from the disk's changeId at the
+    snapshot (CBT was reset), or the disk has no changeId. vSphere answers C(FileFault), C(NotFound),
+    C(InvalidArgument) or C(MethodNotFound) (no C(QueryChangedDiskAreas), for example plain vcsim). A
+    window makes no progress or leaves a gap. RV(extents) then covers the whole disk.
+  - Extents are sorted, merged and optionally coalesced (O(coalesce_gap)). They can be written to O(extent_file)
+    in the collection's shared extent format, which M(cbt.toolkit.block_sync) reads.
+  - Read-only. RV(changed) is always V(false).
+author:
+  - cbt.toolkit maintainers
+extends_documentation_fragment:
+  - cbt.toolkit.vmware
+  - cbt.toolkit.vmware.vm_identity
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details:
+      - Nothing in vSphere changes in either mode. O(extent_file) is written in check mode too, because it is the
+        query's output rather than managed state.
+  diff_mode:
+    support: none
+  platform:
+    platforms: vmware
+options:
+  snapshot:
+    description:
+      - The snapshot to query, by managed object ID (for example V(snapshot-42)) or by name.
+      - It is usually the snapshot of the current round created by M(cbt.toolkit.vmware_migration_snapshot).
+    type: str
+    required: true
+  disk_key:
+    description:
+      - Device key of the disk (C(disks[].key) of the other modules, for example V(2000)).
+    type: int
+    required: true
+  change_id:
+    description:
+      - The changeId of the disk at the previous round's snapshot, or V(*) for all allocated areas.
+      - A malformed value is an error; the expected format is C(<16 hex bytes>/<sequence>).
+    type: str
+    required: true
+  extent_file:
+    description:
+      - Write every extent to this file in the shared extent format. The metadata records capacity, source,
+        change_id, snapshot_change_id, disk_key, and full_sync_required with its reason.
+      - The file appears atomically when complete. A failed query leaves no file.
+    type: path
+  coalesce_gap:
+    description:
+      - Merge extents separated by at most this many bytes. This gives fewer, larger reads at the cost of
+        copying the gaps.
+    type: int
+    default: 0
+  max_results:
+    description:
+      - Return at most this many extents in RV(extents). RV(count) and O(extent_file) always cover all of them.
+        V(0) returns none.
+    type: int
+    default: 1000
+notes:
+  - Needs the privilege C(VirtualMachine.Provisioning.DiskRandomRead).
+  - O(change_id=*) is exact only on VMFS and when the VM had no snapshots when CBT was enabled. Otherwise vSphere
+    may report the whole disk (KB 1020128).
+seealso:
+  - module: cbt.toolkit.vmware_migration_snapshot
+  - module: cbt.toolkit.vmware_cbt
+"""
+
+EXAMPLES = r"""
+- name: First round, all allocated areas
+  cbt.toolkit.vmware_cbt_changes:
+    name: app01
+    snapshot: migration-round-1
+    disk_key: 2000
+    change_id: "*"
+    extent_file: /var/lib/migration/app01-2000-r1.extents
+  register: r1
+
+- name: Later round, changes since the previous round's snapshot
+  cbt.toolkit.vmware_cbt_changes:
+    name: app01
+    snapshot: "{{ round3.snapshot.moid }}"
+    disk_key: 2000
+    change_id: "{{ round2.change_ids['2000'] }}"
+    coalesce_gap: 1048576
+    extent_file: /var/lib/migration/app01-2000-r3.extents
+  register: r3
+
+- name: CBT was reset meanwhile, so copy the whole disk
+  ansible.builtin.debug:
+    msg: "Full copy needed: {{ r3.reason }}"
+  when: r3.full_sync_required
+"""
+
+RETURN = r"""
+full_sync_required:
+  description: Whether only a full copy is safe; RV(reason) says why and RV(extents) covers the whole disk.
+  returned: success
+  type: bool
+reason:
+  description: Why a full copy is required (null otherwise).
+  returned: success
+  type: str
+  sample: "changeId '52 ... 63/81' belongs to another CBT epoch than the disk's current changeId ..."
+fault:
+  description: The vSphere fault behind RV(full_sync_required), for example V(FileFault) or V(MethodNotFound).
+  returned: when a query fault caused the full sync
+  type: str
+extents:
+  description: Changed (or allocated) extents, sorted and coalesced, at most O(max_results).
+  returned: success
+  type: list
+  elements: dict
+  contains:
+    offset: {description: Byte offset., type: int, returned: always}
+    length: {description: Length in bytes., type: int, returned: always}
+  sample: [{offset: 0, length: 65536}, {offset: 1048576, length: 4096}]
+extents_truncated:
+  description: Whether RV(extents) holds fewer extents than RV(count).
+  returned: success
+  type: bool
+count:
+  description: Number of extents (after coalescing).
+  returned: success
+  type: int
+changed_bytes:
+  description: Sum of the extents' lengths.
+  returned: success
+  type: int
+capacity:
+  description: Disk capacity in bytes at the snapshot.
+  returned: success
+  type: int
+pages:
+  description: Number of QueryChangedDiskAreas calls.
+  returned: success
+  type: int
+change_id:
+  description: The changeId queried from (O(change_id)).
+  returned: success
+  type: str
+snapshot_change_id:
+  description: The disk's changeId at the snapshot, the base for the next round.
+  returned: success
+  type: str
+snapshot:
+  description: The snapshot queried (name, moid, create_time).
+  returned: success
+  type: dict
+disk:
+  description: The disk at the snapshot (key, label, file, capacity_bytes, eligible, reason, change_id).
+  returned: success
+  type: dict
+vm:
+  description: The VM (name, moid, instance_uuid, path).
+  returned: success
+  type: dict
+extent_file:
+  description: Path of the extent file written (null without O(extent_file)).
+  returned: success
+  type: str
+"""
+
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import fault_name
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
+    CbtError,
+    ExtentCollector,
+    FullSyncRequired,
+    check_change_id_lineage,
+    find_snapshot,
+    iter_changed_areas,
+    read_snapshots,
+    snapshot_disks,
+    snapshot_public,
+)
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import ChangeIdError, parse_change_id
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import read_vm, vm_facts, vm_label
+from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentFileWriter
+
+VM_KEYS = ("name", "moid", "instance_uuid", "path")
+DISK_KEYS = ("key", "label", "file", "capacity_bytes", "backing", "disk_mode", "eligible", "reason", "change_id")
+
+
+def run(m):
+    p = m.params
+    change_id = (p["change_id"] or "").strip()
+    if change_id != "*":
+        try:
+            parse_change_id(change_id)
+        except ChangeIdError as exc:
+            m.module.fail_json(msg="change_id: %s" % exc, error_kind="invalid_argument")
+    if p["coalesce_gap"] < 0:
+        m.module.fail_json(msg="coalesce_gap must not be negative, got %d" % p["coalesce_gap"],
+                           error_kind="invalid_argument")
+    if p["max_results"] < 0:
+        m.module.fail_json(msg="max_results must not be negative, got %d" % p["max_results"],
+                           error_kind="invalid_argument")
+    m.connect()
+    client = m.client
+    vm = m.find_vm()
+    record = read_vm(client, vm)
+    text = vm_label(record)
+    facts = vm_facts(record, include_disks=False)
+    snapshots = read_snapshots(client, vm, facts["name"])
+    snap = find_snapshot(snapshots, p["snapshot"], text)
+    snap_text = "'%s' (%s)" % (snap["name"], snap["moid"])
+    disks = snapshot_disks(client, snap["ref"], "reading the disks of snapshot %s of VM %s" % (snap_text, text))
+    disk = [d for d in disks if d["key"] == p["disk_key"]]
+    if not disk:
+        raise CbtError("VM %s has no disk with key %d at snapshot %s; disks: %s"
+                       % (text, p["disk_key"], snap_text,
+                          ", ".join("%d (%s, %s)" % (d["key"], d["label"], d["file"]) for d in disks) or "none"),
+                       kind="not_found")
+    disk = disk[0]
+    capacity = disk["capacity_bytes"]
+    result = dict(changed=False, vm=dict((k, facts.get(k)) for k in VM_KEYS), snapshot=snapshot_public(snap),
+                  disk=dict((k, disk.get(k)) for k in DISK_KEYS), capacity=capacity, change_id=change_id,
+                  snapshot_change_id=disk["change_id"], full_sync_required=False, reason=None, pages=0,
+                  extent_file=None)
+    writer = None
+    metadata = {
+        "capacity": capacity,
+        "source": "vmware://%s/%s/disk-%d@%s" % (client.hostname, facts["instance_uuid"] or facts["moid"],
+                                                 disk["key"], snap["moid"]),
+        "change_id": change_id,
+        "snapshot_change_id": disk["change_id"],
+        "disk_key": disk["key"],
+        "vm": facts["name"],
+        "vm_instance_uuid": facts["instance_uuid"],
+        "snapshot": snap["moid"],
+    }
+    collector = None
+    try:
+        if p["extent_file"]:
+            writer = ExtentFileWriter(p["extent_file"], metadata=dict(metadata, full_sync_required="false"))
+        collector = ExtentCollector(capacity, gap=p["coalesce_gap"], max_results=p["max_results"],
+                                    sink=writer.add if writer else None)
+        if not disk["eligible"]:
+            raise FullSyncRequired("disk %d '%s' cannot be tracked by CBT (%s); copy the whole disk"
+                                   % (disk["key"], disk["label"], disk["reason"]))
+        check_change_id_lineage(change_id, disk, snap_text)
+        what = "querying the changed areas of disk %d of VM %s at snapshot %s" % (disk["key"], text, snap_text)
+        for _start, _length, areas in iter_changed_areas(client, vm, snap["ref"], disk["key"], capacity, change_id, what):
+            result["pages"] += 1
+            for area_start, area_length in areas:
+                collector.add(area_start, area_length)
+        collector.finish()
+    except FullSyncRequired as full:
+        if writer is not None:
+            writer.abort()
+            writer = ExtentFileWriter(p["extent_file"], metadata=dict(metadata, full_sync_required="true",
+                                                                     reason=full.reason))
+        collector = ExtentCollector(capacity, max_results=p["max_results"], sink=writer.add if writer else None)
+        collector.add(0, capacity)
+        collector.finish()
+        result.update(full_sync_required=True, reason=full.reason)
+        if full.fault is not None:
+            result["fault"] = fault_name(full.fault)
+        m.warn("full copy required for disk %d of VM %s: %s" % (disk["key"], text, full.reason))
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if writer is not None:
+        written = writer.close()
+        result["extent_file"] = written["path"]
+    result.update(extents=collector.kept, count=collector.count, changed_bytes=collector.bytes,
+                  extents_truncated=collector.count > len(collector.kept))
+    m.exit(**result)
+
+
+def main():
+    m = VmwareModule(
+        argument_spec=dict(
+            snapshot=dict(type="str", required=True),
+            disk_key=dict(type="int", required=True),
+            change_id=dict(type="str", required=True),
+            extent_file=dict(type="path"),
+            coalesce_gap=dict(type="int", default=0),
+            max_results=dict(type="int", default=1000),
+        ),
+        supports_check_mode=True,
+    )
+    m.run(run)
+
+
+if __name__ == "__main__":
+    main()

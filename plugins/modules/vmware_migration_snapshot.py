@@ -1,0 +1,255 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: vmware_migration_snapshot
+short_description: Create or remove the named snapshot of a warm-migration or backup round and read its change IDs
+version_added: 0.1.0
+description:
+  - V(present) makes sure the VM has a snapshot called O(snapshot_name) and returns, for every disk, the
+    C(changeId), capacity and backing file B(at that snapshot). These are the values that the next round's
+    changed-area query (M(cbt.toolkit.vmware_cbt_changes)) starts from. An existing snapshot of that name is
+    reported unchanged, which makes the module idempotent.
+  - V(absent) removes the snapshot with consolidation. It waits for the removal task and, when vCenter still
+    flags the VM for consolidation, for a disk consolidation too, so that the next snapshot never overlaps a
+    running consolidation (the Forklift MTV-1656 data corruption).
+author:
+  - cbt.toolkit maintainers
+extends_documentation_fragment:
+  - cbt.toolkit.vmware
+  - cbt.toolkit.vmware.vm_identity
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+    details: Reports whether the snapshot would be created or removed; nothing changes.
+  diff_mode:
+    support: full
+  platform:
+    platforms: vmware
+options:
+  state:
+    description:
+      - Whether the snapshot should exist.
+    type: str
+    choices: [present, absent]
+    default: present
+  snapshot_name:
+    description:
+      - Name of the snapshot. With O(state=absent), a snapshot managed object ID (for example V(snapshot-42)) is
+        accepted too.
+      - Two snapshots with this name on the VM are an error (they are listed); use the moid to remove one.
+    type: str
+    required: true
+  description:
+    description:
+      - Description of a new snapshot.
+    type: str
+    default: Warm migration / incremental backup round (cbt.toolkit)
+  quiesce:
+    description:
+      - Quiesce the guest file systems through VMware Tools (needs a powered-on VM with Tools running).
+    type: bool
+    default: false
+  memory:
+    description:
+      - Include the VM's memory. Not needed for disk copies, and it makes the snapshot slow and large.
+    type: bool
+    default: false
+  task_timeout:
+    description:
+      - Seconds to wait for the snapshot task and the consolidation.
+    type: int
+    default: 3600
+notes:
+  - Needs C(VirtualMachine.State.CreateSnapshot) and C(VirtualMachine.State.RemoveSnapshot).
+  - Run M(cbt.toolkit.vmware_cbt) first; a disk whose C(changeId) is empty at the snapshot cannot be queried for
+    changed areas (the module warns).
+seealso:
+  - module: cbt.toolkit.vmware_cbt
+  - module: cbt.toolkit.vmware_cbt_changes
+"""
+
+EXAMPLES = r"""
+- name: Snapshot of round 3
+  cbt.toolkit.vmware_migration_snapshot:
+    name: app01
+    snapshot_name: migration-round-3
+  register: snap
+
+- name: Changed areas of disk 2000 since round 2
+  cbt.toolkit.vmware_cbt_changes:
+    name: app01
+    snapshot: "{{ snap.snapshot.moid }}"
+    disk_key: 2000
+    change_id: "{{ previous_change_ids['2000'] }}"
+    extent_file: /var/lib/migration/app01-2000-round3.extents
+
+- name: Remove the round 2 snapshot and wait for consolidation
+  cbt.toolkit.vmware_migration_snapshot:
+    name: app01
+    snapshot_name: migration-round-2
+    state: absent
+"""
+
+RETURN = r"""
+vm:
+  description: The VM (name, moid, instance_uuid, bios_uuid, power_state, hw_version, path).
+  returned: when the VM was found
+  type: dict
+cbt_enabled:
+  description: Whether CBT is on for the VM.
+  returned: when the VM was found
+  type: bool
+snapshot:
+  description: The snapshot (null when absent).
+  returned: always
+  type: dict
+  contains:
+    name: {description: Name., type: str, returned: always}
+    moid: {description: Managed object ID (null in check mode for a snapshot not yet created)., type: str, returned: always}
+    description: {description: Description., type: str, returned: always}
+    create_time: {description: Creation time (ISO 8601)., type: str, returned: always}
+    quiesced: {description: Whether the guest was quiesced., type: bool, returned: always}
+  sample: {name: migration-round-3, moid: snapshot-88, create_time: "2025-08-12T10:15:00+00:00", quiesced: false}
+disks:
+  description: Every disk at the snapshot (with O(state=present)).
+  returned: when O(state=present) and not in check mode for a new snapshot
+  type: list
+  elements: dict
+  contains:
+    key: {description: Device key., type: int, returned: always, sample: 2000}
+    label: {description: Device label., type: str, returned: always}
+    change_id: {description: changeId at the snapshot (the base for the next round)., type: str, returned: always}
+    capacity_bytes: {description: Capacity at the snapshot., type: int, returned: always}
+    file: {description: Backing file at the snapshot., type: str, returned: always}
+    eligible: {description: Whether CBT can track the disk., type: bool, returned: always}
+    reason: {description: Why not., type: str, returned: always}
+change_ids:
+  description: "Map of disk key (as a string) to changeId at the snapshot."
+  returned: when O(state=present)
+  type: dict
+  sample: {"2000": "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/81"}
+consolidated:
+  description: With O(state=absent), whether an extra disk consolidation ran after the removal.
+  returned: when O(state=absent) and a snapshot was removed
+  type: bool
+"""
+
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwarePermissionDenied, VmwareError
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
+    CbtError,
+    PRIV_REMOVE_SNAPSHOT,
+    consolidate_if_needed,
+    create_snapshot,
+    read_snapshots,
+    snapshot_disks,
+    snapshot_public,
+)
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import read_vm, vm_facts, vm_label
+
+VM_KEYS = ("name", "moid", "instance_uuid", "bios_uuid", "power_state", "hw_version", "path")
+DISK_KEYS = ("key", "label", "change_id", "capacity_bytes", "file", "backing", "disk_mode", "eligible", "reason",
+             "controller_type", "controller_bus", "unit_number", "device_node")
+
+
+def _lookup(snapshots, ident, text, allow_moid):
+    """The snapshot named ``ident`` (or with that moid when ``allow_moid``), None if absent."""
+    if allow_moid:
+        by_moid = [s for s in snapshots if s["moid"] == ident]
+        if by_moid:
+            return by_moid[0]
+    matches = [s for s in snapshots if s["name"] == ident]
+    if len(matches) > 1:
+        raise CbtError("VM %s has %d snapshots named '%s': %s; remove the extra ones by moid (state: absent, "
+                       "snapshot_name: <moid>)" % (text, len(matches), ident,
+                                                    ", ".join("%s (created %s)" % (s["moid"], s["create_time"])
+                                                              for s in matches)), kind="ambiguous")
+    return matches[0] if matches else None
+
+
+def run(m):
+    p = m.params
+    name = p["snapshot_name"]
+    if not name or not name.strip():
+        m.module.fail_json(msg="snapshot_name must not be empty", error_kind="invalid_argument")
+    if p["task_timeout"] <= 0:
+        m.module.fail_json(msg="task_timeout must be a positive number of seconds, got %d" % p["task_timeout"],
+                           error_kind="invalid_argument")
+    m.connect()
+    client = m.client
+    vm = m.find_vm()
+    record = read_vm(client, vm)
+    text = vm_label(record)
+    facts = vm_facts(record)
+    snapshots = read_snapshots(client, vm, facts["name"])
+    existing = _lookup(snapshots, name, text, allow_moid=p["state"] == "absent")
+    result = dict(changed=False, vm=dict((k, facts.get(k)) for k in VM_KEYS), cbt_enabled=facts["cbt_enabled"],
+                  snapshot=snapshot_public(existing) if existing else None)
+    if p["state"] == "present":
+        if existing is None:
+            result["changed"] = True
+            if m.check_mode:
+                result["snapshot"] = {"name": name, "moid": None, "description": p["description"],
+                                      "create_time": None, "quiesced": p["quiesce"]}
+            else:
+                ref = create_snapshot(client, vm, name, p["description"], p["memory"], p["quiesce"], p["task_timeout"], text)
+                snapshots = read_snapshots(client, vm, facts["name"])
+                created = [s for s in snapshots if s["moid"] == getattr(ref, "_moId", None)]
+                result["snapshot"] = snapshot_public(created[0]) if created else {"name": name, "moid": ref._moId}
+                existing = created[0] if created else {"ref": ref, "name": name}
+        if existing is not None:
+            disks = snapshot_disks(client, existing["ref"], "reading the disks of snapshot '%s' of VM %s" % (name, text))
+            result["disks"] = [dict((k, d.get(k)) for k in DISK_KEYS) for d in disks]
+            result["change_ids"] = dict((str(d["key"]), d["change_id"]) for d in disks if d["eligible"])
+            missing = [str(d["key"]) for d in disks if d["eligible"] and not d["change_id"]]
+            if missing:
+                m.warn("disk(s) %s of VM %s have no changeId at snapshot '%s': CBT is off or not initialised there, so "
+                       "changed-area queries against this snapshot need a full copy. Run cbt.toolkit.vmware_cbt first"
+                       % (", ".join(missing), text, name))
+        diff_after = {"snapshot": name}
+    else:
+        if existing is not None:
+            result["changed"] = True
+            if not m.check_mode:
+                what = "removing snapshot '%s' (%s) of VM %s" % (existing["name"], existing["moid"], text)
+                try:
+                    client.run_task(what, existing["ref"].RemoveSnapshot_Task, removeChildren=False, consolidate=True,
+                                    timeout=p["task_timeout"], expected_privilege=PRIV_REMOVE_SNAPSHOT)
+                except VmwarePermissionDenied:
+                    raise
+                except VmwareError as exc:
+                    raise CbtError(exc.msg, kind="snapshot_remove_failed", fault=exc.fault)
+                result["consolidated"] = consolidate_if_needed(client, vm, p["task_timeout"], text)
+        diff_after = {"snapshot": None}
+    if m.diff_mode:
+        result["diff"] = dict(before={"snapshot": existing["name"] if existing else None}, after=diff_after,
+                              before_header=facts["path"], after_header=facts["path"])
+    m.exit(**result)
+
+
+def main():
+    m = VmwareModule(
+        argument_spec=dict(
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+            snapshot_name=dict(type="str", required=True),
+            description=dict(type="str", default="Warm migration / incremental backup round (cbt.toolkit)"),
+            quiesce=dict(type="bool", default=False),
+            memory=dict(type="bool", default=False),
+            task_timeout=dict(type="int", default=3600),
+        ),
+        supports_check_mode=True,
+    )
+    m.run(run)
+
+
+if __name__ == "__main__":
+    main()

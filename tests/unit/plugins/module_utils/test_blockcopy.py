@@ -1,0 +1,463 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests of the block_sync engine on small local files (no peers needed)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy as bc
+from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_io as bio
+from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_state as bst
+from ansible_collections.cbt.toolkit.plugins.module_utils import extents as extlib
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def make_image(path, size, seed=1, layout=None):
+    """1 MiB granules: data, zeros written as data, or holes (deterministic)."""
+    rnd = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for index, off in enumerate(range(0, size, MiB)):
+            kind = layout[index % len(layout)] if layout else rnd.choice("ddz.")
+            if kind == "d":
+                f.seek(off)
+                f.write(rnd.randbytes(min(MiB, size - off)))
+            elif kind == "z":
+                f.seek(off)
+                f.write(bytes(min(MiB, size - off)))
+    return path
+
+
+def digest(path, length=None):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(length) if length else f.read()).hexdigest()
+
+
+def allocated(path):
+    return os.stat(path).st_blocks * 512
+
+
+def data_ranges(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        ep = bio.LocalEndpoint(path)
+        return [(o, n) for o, n, d in ep.allocation(0, ep.size) if d]
+    finally:
+        os.close(fd)
+
+
+def sync(tmp_path, src, dest, **kw):
+    kw.setdefault("state_dir", str(tmp_path / "state"))
+    warnings = []
+    result = bc.run_sync(bc.SyncRequest(str(src), str(dest), **kw), warn=warnings.append)
+    result["_warnings"] = warnings
+    return result
+
+
+@pytest.fixture
+def images(tmp_path):
+    src = make_image(tmp_path / "src.img", 8 * MiB, layout="dz.d.dzd")
+    return src, tmp_path / "dst.img"
+
+
+# -- full syncs ------------------------------------------------------------------------------
+def test_allocated_creates_sparse_identical_target(tmp_path, images):
+    src, dst = images
+    result = sync(tmp_path, src, dst, mode="allocated", request_size=256 * KiB, workers=3)
+    assert digest(src) == digest(dst)
+    assert result["changed"] and result["dest_created"]
+    assert result["allocation_known"] is True
+    # holes stay holes, zero-filled data is not written as data
+    assert result["bytes_written"] == 4 * MiB
+    assert result["bytes_skipped_zero"] == 2 * MiB
+    assert allocated(dst) <= 4 * MiB + 64 * KiB
+    assert os.stat(dst).st_mode & 0o777 == 0o600
+
+
+def test_all_mode_reads_everything_and_punches_zeros(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=9, layout="d")  # full of other data
+    result = sync(tmp_path, src, dst, mode="all", request_size=1 * MiB)
+    assert digest(src) == digest(dst)
+    assert result["bytes_read"] == 8 * MiB
+    assert result["bytes_written"] == 4 * MiB
+    assert result["bytes_zeroed"] == 4 * MiB  # zero data and holes became holes
+    assert allocated(dst) <= 4 * MiB + 64 * KiB
+
+
+def test_allocated_zeroes_source_holes_only_where_target_has_data(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=3, layout="d.")  # data in even MiBs, holes in odd
+    result = sync(tmp_path, src, dst, mode="allocated")
+    assert digest(src) == digest(dst)
+    # source holes at MiB 2 and 4, both data on the target: zeroed; zero-filled source data at
+    # MiB 1 and 6 is punched as well (4 MiB in all); nothing else is zeroed
+    assert result["plan"]["hole_bytes"] == 2 * MiB
+    assert result["bytes_zeroed"] == 4 * MiB
+    assert result["bytes_written"] == 4 * MiB
+
+
+# -- incremental -----------------------------------------------------------------------------
+def test_extents_copy_only_listed_ranges_and_zero_changed_to_zero(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    with open(src, "r+b") as f:
+        f.seek(100 * KiB)
+        f.write(b"\xaa" * 5000)
+        f.seek(3 * MiB)
+        f.write(bytes(512 * KiB))  # changed to zeros (was data)
+        f.seek(7 * MiB + 4 * KiB)
+        f.write(b"\x55" * 8 * KiB)
+    # an unlisted change must NOT be copied
+    with open(src, "r+b") as f:
+        f.seek(5 * MiB)
+        f.write(b"unlisted")
+    result = sync(tmp_path, src, dst, extents=[
+        {"offset": 100 * KiB, "length": 5000}, [3 * MiB, 512 * KiB], "%d:%d" % (7 * MiB + 4 * KiB, 8 * KiB)])
+    with open(src, "rb") as a, open(dst, "rb") as b:
+        for off, length in ((100 * KiB, 5000), (3 * MiB, 512 * KiB), (7 * MiB + 4 * KiB, 8 * KiB)):
+            a.seek(off)
+            b.seek(off)
+            assert a.read(length) == b.read(length)
+        b.seek(5 * MiB)
+        assert b.read(8) != b"unlisted"
+    assert result["bytes_written"] == 5000 + 8 * KiB
+    assert result["bytes_zeroed"] == 512 * KiB
+    # the zeroed range is a hole now, not written zeros
+    holes = extlib.subtract([(3 * MiB, 512 * KiB)], data_ranges(str(dst)))
+    assert holes == [(3 * MiB, 512 * KiB)]
+
+
+def test_extent_file_with_capacity_and_normalisation_report(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    path = tmp_path / "changes.extents"
+    path.write_text("# cbt.toolkit extents v1\n# capacity=%d\n%d 4096\n0 8192\n4096 8192\n" % (8 * MiB, 2 * MiB))
+    result = sync(tmp_path, src, dst, extent_file=str(path))
+    info = result["input_extents"]
+    assert info["sorted"] is False and info["overlapping_bytes"] == 4096 and info["normalized_count"] == 2
+    assert "sorted" in info["normalization"] and "merged" in info["normalization"]
+    assert result["plan"] == {"extents": 2, "bytes": 12288 + 4096, "hole_extents": 0, "hole_bytes": 0}
+
+
+def test_compare_mode_writes_only_differing_granules(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    with open(src, "r+b") as f:
+        f.seek(MiB + 70 * KiB)
+        f.write(b"x")
+    check = sync(tmp_path, src, dst, mode="compare", check_mode=True)
+    assert check["changed"] is True and check["bytes_differing"] == 64 * KiB and check["bytes_written"] == 0
+    assert digest(src) != digest(dst)
+    result = sync(tmp_path, src, dst, mode="compare")
+    assert result["bytes_written"] == 64 * KiB and digest(src) == digest(dst)
+    again = sync(tmp_path, src, dst, mode="compare")
+    assert again["changed"] is False and again["bytes_unchanged"] == 8 * MiB
+
+
+# -- validation: nothing written -------------------------------------------------------------
+def _untouched(tmp_path, src, dst, message, **kw):
+    before = digest(dst) if os.path.exists(dst) else None
+    with pytest.raises(bio.BlockCopyError) as err:
+        sync(tmp_path, src, dst, **kw)
+    assert message in str(err.value), str(err.value)
+    assert (digest(dst) if os.path.exists(dst) else None) == before
+    assert not (tmp_path / "state").exists() or not any(
+        n.endswith(".json") and not n.endswith("status.json") for n in os.listdir(tmp_path / "state"))
+    return str(err.value)
+
+
+def test_rejects_extent_beyond_source(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    msg = _untouched(tmp_path, src, dst, "beyond the size", extents=[[8 * MiB - 4096, 8192]])
+    assert str(8 * MiB) in msg
+
+
+def test_rejects_smaller_target(tmp_path, images):
+    src, dst = images
+    make_image(dst, 4 * MiB, seed=5)
+    _untouched(tmp_path, src, dst, "smaller than the source", mode="all")
+
+
+def test_rejects_same_file_and_symlink_to_it(tmp_path, images):
+    src, _dst = images
+    link = tmp_path / "link.img"
+    os.symlink(src, link)
+    _untouched(tmp_path, src, link, "are the same", mode="all")
+
+
+def test_rejects_read_only_target(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    os.chmod(dst, 0o444)
+    if os.geteuid() == 0:
+        # root ignores permission bits; an immutable file cannot be opened for writing even by root
+        proc = subprocess.run(["chattr", "+i", str(dst)], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            pytest.fail("running as root and 'chattr +i' failed (%s): cannot make a read-only target here"
+                        % proc.stderr.strip())
+    try:
+        _untouched(tmp_path, src, dst, "read-only", mode="all")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(dst)], check=False)
+
+
+def test_strict_rejects_unsorted_and_overlapping(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    _untouched(tmp_path, src, dst, "not sorted", extents=[[MiB, 10], [0, 10]], extents_check="strict")
+    _untouched(tmp_path, src, dst, "overlaps", extents=[[0, 10], [5, 10]], extents_check="strict")
+
+
+def test_rejects_missing_target_for_incremental(tmp_path, images):
+    src, dst = images
+    _untouched(tmp_path, src, dst, "does not exist", extents=[[0, 4096]])
+    assert not os.path.exists(dst)
+
+
+def test_rejects_bad_options(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    _untouched(tmp_path, src, dst, "dest_is_zero", extents=[[0, 4096]], dest_is_zero=True)
+    _untouched(tmp_path, src, dst, "request_size", mode="all", request_size=1000)
+    _untouched(tmp_path, src, dst, "nothing to copy")
+    _untouched(tmp_path, src, dst, "only apply to mode", mode="all", extents=[[0, 1]])
+    _untouched(tmp_path, src, dst, "capacity", extent_file=_capfile(tmp_path, 4 * MiB))
+
+
+def _capfile(tmp_path, capacity):
+    path = tmp_path / "cap.extents"
+    extlib.write_extent_file(str(path), [(0, 4096)], {"capacity": capacity})
+    return str(path)
+
+
+def test_rejects_character_device_and_bad_url(tmp_path, images):
+    src, _dst = images
+    _untouched(tmp_path, src, "/dev/null", "neither a regular file", mode="all")
+    _untouched(tmp_path, src, "http://example.invalid/x", "unsupported URL scheme", mode="all")
+
+
+def test_check_mode_writes_nothing(tmp_path, images):
+    src, dst = images
+    result = sync(tmp_path, src, dst, mode="allocated", check_mode=True)
+    assert result["changed"] and result["dest_created"] and result["bytes_to_copy"] == 6 * MiB
+    assert not os.path.exists(dst) and not (tmp_path / "state").exists()
+
+
+def test_missing_nbd_binding_is_explained(tmp_path, images, monkeypatch):
+    src, _dst = images
+    monkeypatch.setattr(bio, "HAS_NBD", False)
+    with pytest.raises(bio.MissingNbdBinding) as err:
+        sync(tmp_path, src, "nbd+unix:///?socket=/nonexistent.sock", mode="all")
+    assert "python3-libnbd" in str(err.value) and "/usr/bin/python3" in str(err.value)
+
+
+# -- resume, lock, errors ----------------------------------------------------------------------
+def test_read_error_reports_offset_and_keeps_state(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    real_read = bio.LocalEndpoint.read
+
+    def failing(self, offset, length, buf):
+        if self.path == str(src) and offset <= 5 * MiB < offset + length:
+            raise bio.ReadError(self.name, offset, length, OSError(errno.EIO, "Input/output error"))
+        return real_read(self, offset, length, buf)
+
+    monkeypatch.setattr(bio.LocalEndpoint, "read", failing)
+    with pytest.raises(bio.ReadError) as err:
+        sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert "offset %d" % (5 * MiB) in str(err.value) and "Errno 5" in str(err.value)
+    state = json.loads(open(_state_file(tmp_path)).read())
+    assert state["status"] == "running"
+    assert not extlib.subtract([(5 * MiB, MiB)], [tuple(d) for d in state["done"]]) == []
+    status = json.loads(open(_state_file(tmp_path).replace(".json", ".status.json")).read())
+    assert status["state"] == "failed" and "offset" in status["message"]
+    # the resume state file is unchanged by a second failing run
+    before = open(_state_file(tmp_path)).read()
+    with pytest.raises(bio.ReadError):
+        sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert open(_state_file(tmp_path)).read() == before
+    monkeypatch.setattr(bio.LocalEndpoint, "read", real_read)
+    result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert digest(src) == digest(dst)
+    assert result["resumed"] is False or result["bytes_resumed"] <= 5 * MiB
+
+
+def _state_file(tmp_path):
+    names = [n for n in os.listdir(tmp_path / "state") if n.endswith(".json") and not n.endswith("status.json")]
+    assert len(names) == 1, names
+    return str(tmp_path / "state" / names[0])
+
+
+def test_resume_skips_done_ranges(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    real_read = bio.LocalEndpoint.read
+    calls = []
+
+    def failing(self, offset, length, buf):
+        if self.path == str(src):
+            calls.append(offset)
+            if offset >= 6 * MiB:
+                time.sleep(0.5)  # let the main thread commit what is finished
+                raise bio.ReadError(self.name, offset, length, OSError(errno.EIO, "boom"))
+        return real_read(self, offset, length, buf)
+
+    monkeypatch.setattr(bio.LocalEndpoint, "read", failing)
+    with pytest.raises(bio.ReadError):
+        sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1, commit_bytes=MiB)
+    done = json.loads(open(_state_file(tmp_path)).read())["done"]
+    assert extlib.total_bytes(done) >= 5 * MiB
+    monkeypatch.setattr(bio.LocalEndpoint, "read", real_read)
+    result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert result["resumed"] is True and result["bytes_resumed"] >= 5 * MiB
+    assert result["bytes_read"] <= 3 * MiB
+    assert digest(src) == digest(dst)
+    assert json.loads(open(_state_file(tmp_path)).read())["status"] == "complete"
+
+
+def test_unfinished_different_plan_is_refused_unless_covered(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    state_path = _state_file(tmp_path)
+    files = bst.StateFiles(str(tmp_path / "state"), bc._target_id(str(dst)))
+    bst.write_plan(files.plan, "otherplan", [(0, 2 * MiB)], [])
+    data = json.loads(open(state_path).read())
+    data.update({"plan_id": "otherplan", "status": "running", "done": [[0, MiB]]})
+    open(state_path, "w").write(json.dumps(data))
+    with pytest.raises(bio.ValidationError) as err:
+        sync(tmp_path, src, dst, extents=[[4 * MiB, 4096]])
+    assert "unfinished" in str(err.value) and "offset %d" % MiB in str(err.value)
+    # an extent list that covers what is left is fine
+    result = sync(tmp_path, src, dst, extents=[[MiB, MiB], [4 * MiB, 4096]])
+    assert result["changed"]
+
+
+def test_sync_id_makes_a_completed_run_a_no_op(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    first = sync(tmp_path, src, dst, extents=[[0, MiB]], sync_id="snap-7")
+    assert first["changed"] and not first["already_complete"]
+    second = sync(tmp_path, src, dst, extents=[[0, MiB]], sync_id="snap-7")
+    assert second["already_complete"] and not second["changed"] and second["bytes_read"] == 0
+    third = sync(tmp_path, src, dst, extents=[[0, MiB]], sync_id="snap-8")
+    assert third["changed"] and not third["already_complete"]
+
+
+def test_lock_refuses_a_second_writer(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    files = bst.StateFiles(str(tmp_path / "state"), bc._target_id(str(dst)))
+    files.ensure_dir()
+    holder = bst.TargetLock(files.lock, str(dst)).acquire()
+    try:
+        with pytest.raises(bst.LockError) as err:
+            sync(tmp_path, src, dst, mode="all")
+        assert "another block_sync run" in str(err.value) and "pid %d" % os.getpid() in str(err.value)
+    finally:
+        holder.release()
+    # a lock on the target itself (another state_dir) is honoured too
+    import fcntl
+    fd = os.open(str(dst), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(bst.LockError):
+            sync(tmp_path, src, dst, mode="all")
+    finally:
+        os.close(fd)
+    assert sync(tmp_path, src, dst, mode="all")["changed"]
+
+
+# -- verification ------------------------------------------------------------------------------
+@pytest.mark.parametrize("algorithm", ["xxh3", "blake3", "sha256"])
+def test_verify_and_image_digest(tmp_path, images, algorithm):
+    src, dst = images
+    result = sync(tmp_path, src, dst, mode="allocated", verify=True, image_digest=True,
+                  checksum_algorithm=algorithm, checksum_file=str(tmp_path / "sums.txt"), request_size=MiB)
+    ver = result["verification"]
+    assert ver["passed"] and ver["source_digest"] == ver["target_digest"] and ver["mismatch_count"] == 0
+    assert result["image_digest"]["match"] and result["image_digest"]["algorithm"] == algorithm
+    lines = [line for line in open(tmp_path / "sums.txt") if not line.startswith("#")]
+    assert len(lines) == result["plan"]["extents"]
+    assert all(line.split()[2] == line.split()[3] for line in lines)
+
+
+def test_verify_detects_a_target_that_does_not_keep_data(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    real_write = bio.LocalEndpoint.write
+
+    def lossy(self, offset, data):
+        if self.path == str(dst) and offset <= 3 * MiB < offset + len(data):
+            data = bytes(memoryview(data))
+            data = data[:10] + b"!" + data[11:]
+        return real_write(self, offset, data)
+
+    monkeypatch.setattr(bio.LocalEndpoint, "write", lossy)
+    with pytest.raises(bc.VerificationError) as err:
+        sync(tmp_path, src, dst, mode="all", verify=True, request_size=MiB)
+    assert "differ" in str(err.value)
+    assert err.value.result["verification"]["mismatches"][0]["offset"] == 3 * MiB
+    state = json.loads(open(_state_file(tmp_path)).read())
+    assert state["status"] == "running"
+    assert extlib.subtract([(3 * MiB, MiB)], [tuple(d) for d in state["done"]]) == [(3 * MiB, MiB)]
+
+
+def test_image_digest_mismatch_when_change_list_is_incomplete(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    with open(src, "r+b") as f:
+        f.seek(0)
+        f.write(b"listed")
+        f.seek(4 * MiB)
+        f.write(b"missed")
+    with pytest.raises(bc.VerificationError) as err:
+        sync(tmp_path, src, dst, extents=[[0, 4096]], image_digest=True, checksum_algorithm="sha256")
+    assert "not a replica" in str(err.value)
+
+
+def test_missing_hash_library_is_reported(tmp_path, images, monkeypatch):
+    from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_hash as bh
+    src, dst = images
+    monkeypatch.setattr(bh, "xxhash", None)
+    with pytest.raises(bh.MissingHashLibrary) as err:
+        sync(tmp_path, src, dst, mode="allocated", verify=True)
+    assert err.value.library == "xxhash"
+    assert not os.path.exists(dst)
+
+
+def test_status_file_reports_progress(tmp_path, images):
+    src, dst = images
+    status = tmp_path / "progress.json"
+    sync(tmp_path, src, dst, mode="allocated", status_file=str(status))
+    data = json.loads(status.read_text())
+    assert data["state"] == "complete" and data["bytes_done"] == data["bytes_total"] == 8 * MiB
+    assert data["percent"] == 100.0 and "rate_bytes_per_second" in data and data["eta_seconds"] == 0
+
+
+def test_pieces_cover_remaining_ranges_exactly():
+    engine = bc.Engine(bc.SyncRequest("a", "b"))
+    extents = [(0, 10 * MiB), (20 * MiB, 3 * MiB)]
+    done = [(MiB, 2 * MiB + 5), (21 * MiB, MiB)]
+    pieces = list(engine._pieces(extents, done, 4 * MiB, bc.COPY))
+    covered = extlib.normalize([(p[0], p[2]) for p in pieces])
+    assert covered == extlib.subtract(extents, done)
+    full = [p for p in pieces if p[5]]
+    assert all(p[2] == 4 * MiB or p[0] + p[2] in (10 * MiB, 23 * MiB) for p in full)
+    assert (4 * MiB, bc.COPY, 4 * MiB, 0, 1, True) in pieces
