@@ -410,8 +410,9 @@ class Engine(object):
             raise EnableError(
                 "SnapshotMetadataService %s exists and was not created by cbt.toolkit, with a different spec "
                 "(address %s, audience %s; wanted %s, %s): delete it, or make this module's options (address, "
-                "audience, tls_provider) match it" % (st.driver, (current.get("spec") or {}).get("address"),
-                                                     (current.get("spec") or {}).get("audience"), address, audience))
+                "audience, tls_provider) match it" % (
+                    st.driver, (current.get("spec") or {}).get("address"),
+                    (current.get("spec") or {}).get("audience"), address, audience))
         return self.apply("SnapshotMetadataService", api_path(crds.GROUP, version, crds.PLURAL, st.driver), desired,
                           current, force=True)
 
@@ -573,8 +574,8 @@ class Engine(object):
         if "secret volumes are not allowed" in text or "unable to validate against any security context" in text:
             hints.append("the SCC refuses the tls-key volume type: use tls_volume_type=projected")
         if "FailedMount" in text:
-            hints.append("a volume cannot be mounted: check that Secret %s/%s exists" % (st.namespace,
-                                                                                       st.tls_secret_name))
+            hints.append("a volume cannot be mounted: check that Secret %s/%s exists"
+                         % (st.namespace, st.tls_secret_name))
         if want_present and deploy is not None and not status["sidecar_present"]:
             hints.append("the operator did not add the %s container: check the ceph-csi-operator logs (pods "
                          "labelled %s in %s), or retry with reconcile_trigger=restart_operator"
@@ -607,8 +608,8 @@ class Engine(object):
                                                              st.namespace))
         if facts.driver is None:
             raise EnableError("Driver %s not found in namespace %s (Drivers there: %s): set driver to the RBD "
-                              "Driver CR name" % (st.driver, st.namespace,
-                                                 ", ".join(facts.drivers_in_namespace) or "none"))
+                              "Driver CR name" % (
+                                  st.driver, st.namespace, ", ".join(facts.drivers_in_namespace) or "none"))
         prof = dg.operator_profile(st, facts)
         if prof["supports_cbt"] is False:
             raise EnableError(prof["reason"])

@@ -105,7 +105,9 @@ class KubeApi(object):
         if query:
             path = path + "?" + urlencode(query)
         client = self.api_client
-        if body is not None and not isinstance(body, (str, bytes)):
+        # The client serializes bodies itself for JSON content types; apply patches go as JSON text
+        # (valid YAML), which every client version sends unchanged.
+        if content_type == APPLY_PATCH and body is not None and not isinstance(body, (str, bytes)):
             body = json.dumps(body)
         if hasattr(client, "param_serialize"):
             # kubernetes >= 35 (openapi-generator 7): serialize, then send.
@@ -177,8 +179,7 @@ class KubeApi(object):
             query["force"] = "true"
         if dry_run:
             query["dryRun"] = "All"
-        return self.request("PATCH", path, query=query, body=json.dumps(obj), content_type=APPLY_PATCH,
-                            what=what)
+        return self.request("PATCH", path, query=query, body=obj, content_type=APPLY_PATCH, what=what)
 
     def patch(self, path, body, content_type=MERGE_PATCH, dry_run=False, what=None):
         query = {"fieldManager": FIELD_MANAGER}

@@ -441,6 +441,11 @@ class VmwareClient(object):
                     break
                 if is_fault(exc, "NoPermission") and not is_fault(exc, "NotAuthenticated"):
                     raise permission_error(exc, "waiting for the task of %s" % what)
+                if isinstance(exc, (socket.timeout, ConnectionError, ssl.SSLError)):
+                    raise VmwareUnreachable("the connection to vCenter %s broke while waiting for the task of %s: %s"
+                                            % (self.endpoint, what, exc), fault=exc)
+                if not hasattr(type(exc), "_wsdlName"):
+                    raise
                 raise VmwareApiError("waiting for the task of %s failed: %s" % (what, fault_text(exc)), fault=exc)
         state = str(info.state)
         if state == "success":

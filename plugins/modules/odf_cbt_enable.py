@@ -36,7 +36,7 @@ description:
     other owners (the Driver CR, a CRD installed by someone else) are patched with a C(resourceVersion) precondition
     so the operator's concurrent changes are never overwritten.
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 options:
   state:
     description:
@@ -215,6 +215,7 @@ notes:
 seealso:
   - module: cbt.toolkit.odf_cbt_info
   - name: KEP-3314 CSI changed block tracking
+    description: The Kubernetes enhancement behind the SnapshotMetadata service.
     link: https://github.com/kubernetes/enhancements/tree/master/keps/sig-storage/3314-csi-changed-block-tracking
 """
 

@@ -21,7 +21,7 @@ description:
     certificate, and the volume types the SCC allows.
   - Needs read access only; objects the user may not read are listed as a problem with code C(forbidden).
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 options:
   driver:
     description:

@@ -192,6 +192,7 @@ def run(m):
     facts = vm_facts(record)
     snapshots = read_snapshots(client, vm, facts["name"])
     existing = _lookup(snapshots, name, text, allow_moid=p["state"] == "absent")
+    before_name = existing["name"] if existing else None
     result = dict(changed=False, vm=dict((k, facts.get(k)) for k in VM_KEYS), cbt_enabled=facts["cbt_enabled"],
                   snapshot=snapshot_public(existing) if existing else None)
     if p["state"] == "present":
@@ -231,7 +232,7 @@ def run(m):
                 result["consolidated"] = consolidate_if_needed(client, vm, p["task_timeout"], text)
         diff_after = {"snapshot": None}
     if m.diff_mode:
-        result["diff"] = dict(before={"snapshot": existing["name"] if existing else None}, after=diff_after,
+        result["diff"] = dict(before={"snapshot": before_name}, after=diff_after,
                               before_header=facts["path"], after_header=facts["path"])
     m.exit(**result)
 

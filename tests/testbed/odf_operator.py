@@ -90,7 +90,7 @@ class Rest:
         method, url, hdrs, _, _ = self.client.param_serialize(method, path, header_params=headers,
                                                                auth_settings=["BearerToken"])
         resp = self.client.call_api(method, url, header_params=hdrs,
-                                    body=None if body is None else json.dumps(body), _request_timeout=30)
+                                    body=body, _request_timeout=30)
         resp.read()
         text = (resp.data or b"").decode()
         if not 200 <= resp.status <= 299:

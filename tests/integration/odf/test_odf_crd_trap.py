@@ -4,6 +4,8 @@
 """The CRD version trap: an ODF 4.20 cephcsi-operator reads SnapshotMetadataService v1alpha1, but the
 cluster's CRD (not installed by this collection) serves only v1beta1."""
 
+from odf_bed import failed, ok
+
 ENABLE = "odf_cbt_enable"
 INFO = "odf_cbt_info"
 SIDECAR = "csi-snapshot-metadata"
@@ -26,8 +28,8 @@ def test_trap_is_real_detected_explained_and_fixed(trap_bed, run_module):
     assert SIDECAR not in trap_bed.containers(ns, driver)
 
     # 2. the diagnosis names it
-    info, run = run_module(INFO, trap_bed.run_args(driver=driver, namespace=ns))
-    assert info.get("failed") is not True, run
+    info, run = run_module(INFO, trap_bed.info_args(driver=driver, namespace=ns))
+    ok(info, run)
     diag = info["diagnosis"]
     assert diag["reason"].startswith("CRD version trap: the SnapshotMetadataService CRD serves only v1beta1 but "
                                      "the cephcsi-operator 4.20.0 reads v1alpha1"), diag["reason"]
@@ -50,7 +52,7 @@ def test_trap_is_real_detected_explained_and_fixed(trap_bed, run_module):
     # 4. serve v1alpha1 as well: enabled
     args = trap_bed.run_args(driver=driver, namespace=ns, crd_add_missing_versions=True)
     res, run = run_module(ENABLE, args, diff=True)
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert "update CustomResourceDefinition snapshotmetadataservices.cbt.storage.k8s.io" in res["actions"]
     crd = trap_bed.crd()
     assert [(v["name"], v["served"], v["storage"]) for v in crd["spec"]["versions"]] == [
@@ -65,7 +67,7 @@ def test_trap_is_real_detected_explained_and_fixed(trap_bed, run_module):
 
     # 5. absent: our version entry goes, the foreign CRD stays
     res, run = run_module(ENABLE, dict(args, state="absent"))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     crd = trap_bed.crd()
     assert [v["name"] for v in crd["spec"]["versions"]] == ["v1beta1"]
     assert "cbt.toolkit/added-served-versions" not in (crd["metadata"].get("annotations") or {})
@@ -82,7 +84,7 @@ def test_v1beta1_reader_is_happy_with_the_v1beta1_crd(trap_bed, run_module):
     res, run = run_module(ENABLE, trap_bed.run_args(driver=driver, namespace=ns,
                                                     sidecar_image="registry.k8s.io/sig-storage/"
                                                                   "csi-snapshot-metadata:v1.0.0"))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert "crd_version_mismatch" not in [p["code"] for p in res["diagnosis"]["problems"]]
     assert trap_bed.crd()["metadata"]["resourceVersion"] == crd_rv
     assert res["sms"]["api_version"] == "v1beta1"
@@ -91,5 +93,5 @@ def test_v1beta1_reader_is_happy_with_the_v1beta1_crd(trap_bed, run_module):
     assert side["image"] == "registry.k8s.io/sig-storage/csi-snapshot-metadata:v1.0.0"
     assert res["diagnosis"]["sidecar"]["delta_base_field"] == "handle"
     res, run = run_module(ENABLE, trap_bed.run_args(driver=driver, namespace=ns, state="absent"))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert trap_bed.ours(ns) == [] and trap_bed.driver(ns, driver)["spec"].get("imageSet") is None

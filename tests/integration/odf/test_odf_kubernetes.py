@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from odf_bed import failed, ok
 from testbed.odf_operator import OperatorProfile
 
 ENABLE = "odf_cbt_enable"
@@ -39,15 +40,15 @@ def test_self_managed_tls_enable_renew_absent(k8s_bed, run_module):
     driver, op = k8s_bed.setup_odf(NS, "0.0.0", profile=OperatorProfile.upstream_main(), olm=False, imageset=False)
     args = k8s_bed.run_args(driver=driver, namespace=NS)
 
-    info, run = run_module(INFO, args)
-    assert info.get("failed") is not True, run
+    info, run = run_module(INFO, k8s_bed.info_args(driver=driver, namespace=NS))
+    ok(info, run)
     diag = info["diagnosis"]
     assert diag["kubernetes"]["openshift"] is False and diag["operator"]["version"] is None
     assert diag["cbt_supported"] is None and diag["tls"]["provider"] == "self_managed"
     assert diag["scc"]["found"] is False
 
     res, run = run_module(ENABLE, args, diff=True)
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert res["changed"] is True and res["diagnosis"]["cbt_enabled"] is True, res["diagnosis"]["problems"]
     assert res["tls"]["provider"] == "self_managed" and res["tls"]["renewed"] is False
     assert res["tls"]["dns_names"] == NAMES
@@ -86,7 +87,7 @@ def test_self_managed_tls_enable_renew_absent(k8s_bed, run_module):
     sms_rv = k8s_bed.sms(driver)["metadata"]["resourceVersion"]
     renew = dict(args, cert_validity_days=500, cert_renew_before_days=400)
     res, run = run_module(ENABLE, renew)
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert res["changed"] is True and res["tls"]["renewed"] is True
     assert "less than 400 days left" in res["tls"]["renew_reasons"][0]
     assert res["actions"] == ["update Secret %s/csi-snapshot-metadata-tls" % NS]
@@ -118,7 +119,7 @@ def test_self_managed_tls_enable_renew_absent(k8s_bed, run_module):
 
     # absent: the volume goes (the upstream gate), so does the sidecar and everything of ours
     res, run = run_module(ENABLE, dict(args, state="absent"), diff=True)
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert SIDECAR not in k8s_bed.containers(NS, driver)
     assert k8s_bed.ours(NS) == [] and k8s_bed.crd() is None
     assert _secret(k8s_bed, "csi-snapshot-metadata-tls") is None

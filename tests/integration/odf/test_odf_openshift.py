@@ -9,6 +9,8 @@ import json
 
 import pytest
 
+from odf_bed import failed, ok
+
 ENABLE = "odf_cbt_enable"
 INFO = "odf_cbt_info"
 SIDECAR = "csi-snapshot-metadata"
@@ -38,8 +40,8 @@ def test_odf_419_diagnosis_and_no_changes(ocp_bed, run_module):
     before = _snapshot(ocp_bed, "odf419", driver)
     assert len(before["containers"]) == 8
 
-    info, run = run_module(INFO, ocp_bed.run_args(driver=driver, namespace="odf419"))
-    assert info.get("failed") is not True, run
+    info, run = run_module(INFO, ocp_bed.info_args(driver=driver, namespace="odf419"))
+    ok(info, run)
     diag = info["diagnosis"]
     assert diag["cbt_supported"] is False and diag["cbt_enabled"] is False
     assert "cephcsi-operator 4.19.0 predates snapshot-metadata support" in diag["reason"]
@@ -77,7 +79,7 @@ def test_check_mode_changes_nothing(ocp_bed, odf420, run_module):
     driver, _ = odf420
     before = _snapshot(ocp_bed, "odf420", driver)
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace="odf420"), check=True, diff=True)
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert res["changed"] is True
     text = "\n".join(res["actions"])
     if before["crd_rv"] is None:
@@ -97,7 +99,7 @@ def test_enable_idempotent_diff_and_absent(ocp_bed, odf420, run_module):
 
     # present: everything created, the operator adds the sidecar, the rollout gets ready
     res, run = run_module(ENABLE, args, diff=True)
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert res["changed"] is True
     diag = res["diagnosis"]
     assert diag["cbt_enabled"] is True, diag["problems"]
@@ -134,19 +136,19 @@ def test_enable_idempotent_diff_and_absent(ocp_bed, odf420, run_module):
 
     # second run: nothing to do
     res2, run = run_module(ENABLE, args, diff=True)
-    assert res2.get("failed") is not True, run
+    ok(res2, run)
     assert res2["changed"] is False, res2["actions"]
     assert res2["actions"] == [] and res2["diff"] == []
     assert res2["diagnosis"]["cbt_enabled"] is True
     res3, run = run_module(ENABLE, args, check=True)
     assert res3["changed"] is False, res3["actions"]
 
-    info, run = run_module(INFO, ocp_bed.run_args(driver=driver, namespace=ns))
+    info, run = run_module(INFO, ocp_bed.info_args(driver=driver, namespace=ns))
     assert info["changed"] is False and info["diagnosis"]["cbt_enabled"] is True
 
     # absent: nothing of ours left, the operator removes the sidecar
     res4, run = run_module(ENABLE, dict(args, state="absent"), diff=True)
-    assert res4.get("failed") is not True, run
+    ok(res4, run)
     assert res4["changed"] is True
     assert ocp_bed.containers(ns, driver) == containers[:-1]
     assert ocp_bed.ours(ns) == []
@@ -176,7 +178,7 @@ def test_sms_created_after_the_volume_needs_a_reconcile_trigger(ocp_bed, run_mod
 
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns,
                                                    reconcile_trigger="restart_operator"))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert any(a.startswith("deleted pod %s/ceph-csi-controller-manager-" % ns) for a in res["actions"]), res["actions"]
     assert not any(a.startswith("update Driver") for a in res["actions"]), res["actions"]
     assert op.restarts == restarts + 1
@@ -185,19 +187,19 @@ def test_sms_created_after_the_volume_needs_a_reconcile_trigger(ocp_bed, run_mod
 
     # the same with the default trigger (annotation) after a fresh start
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns, state="absent"))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert SIDECAR not in ocp_bed.containers(ns, driver)
     ocp_bed.rest.merge("/apis/csi.ceph.io/v1/namespaces/%s/drivers/%s" % (ns, driver), {"spec": {"controllerPlugin": {
         "volumes": [{"volume": {"name": "tls-key", "projected": {"sources": [
             {"secret": {"name": "csi-snapshot-metadata-tls"}}]}},
             "mount": {"name": "tls-key", "mountPath": "/tmp/certificates", "readOnly": True}}]}}})
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert "update Driver %s/%s" % (ns, driver) in res["actions"]
     assert "cbt.toolkit/reconcile-requested-at" in ocp_bed.driver(ns, driver)["metadata"]["annotations"]
     assert ocp_bed.containers(ns, driver)[-1] == SIDECAR
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns, state="absent"))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert ocp_bed.ours(ns) == [] and "cbt.toolkit/reconcile-requested-at" not in (
         ocp_bed.driver(ns, driver)["metadata"].get("annotations") or {})
 
@@ -218,11 +220,11 @@ def test_scc_refusing_secret_volume_times_out_with_containers_and_events(ocp_bed
     _no_traceback(run)
 
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns))   # auto -> projected
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert res["diagnosis"]["driver"]["tls_volume"]["type"] == "projected"
     assert res["diagnosis"]["cbt_enabled"] is True
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns, state="absent"))
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert ocp_bed.ours(ns) == []
 
 
@@ -261,13 +263,13 @@ def test_rbac_read_only_user(ocp_bed, odf420, run_module):
     viewer = str(ocp_bed.cluster.user_kubeconfig("odf-viewer"))
     before = _snapshot(ocp_bed, "odf420", driver)
 
-    info, run = run_module(INFO, dict(ocp_bed.run_args(driver=driver, namespace="odf420"), kubeconfig=viewer))
-    assert info.get("failed") is not True, run
+    info, run = run_module(INFO, dict(ocp_bed.info_args(driver=driver, namespace="odf420"), kubeconfig=viewer))
+    ok(info, run)
     assert info["diagnosis"]["cbt_supported"] is True and info["diagnosis"]["operator"]["version"] == "4.20.0"
 
     res, run = run_module(ENABLE, dict(ocp_bed.run_args(driver=driver, namespace="odf420"), kubeconfig=viewer),
                           check=True)
-    assert res.get("failed") is not True, run
+    ok(res, run)
     assert res["changed"] is True
 
     res, run = run_module(ENABLE, dict(ocp_bed.run_args(driver=driver, namespace="odf420"), kubeconfig=viewer))
@@ -278,7 +280,7 @@ def test_rbac_read_only_user(ocp_bed, odf420, run_module):
     assert _snapshot(ocp_bed, "odf420", driver) == before
 
     nobody = str(ocp_bed.cluster.user_kubeconfig("odf-nobody"))
-    info, run = run_module(INFO, dict(ocp_bed.run_args(driver=driver, namespace="odf420"), kubeconfig=nobody))
-    assert info.get("failed") is not True, run
+    info, run = run_module(INFO, dict(ocp_bed.info_args(driver=driver, namespace="odf420"), kubeconfig=nobody))
+    ok(info, run)
     problems = {p["code"]: p["message"] for p in info["diagnosis"]["problems"]}
     assert "forbidden" in problems and 'Driver odf420/%s' % driver in problems["forbidden"], json.dumps(problems)

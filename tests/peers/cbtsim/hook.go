@@ -55,6 +55,10 @@ func (s *Sim) hook(ctx *simulator.Context, m *simulator.Method) (mo.Reference, t
 			return s.fire(ctx, m, r)
 		}
 	}
+	if m.Name == "Fetch" {
+		m.This = s.proxyRef // see proxy.Fetch
+		return nil, nil
+	}
 	switch m.This.Type {
 	case "VirtualMachine":
 		if vmProxyMethods[m.Name] {
@@ -249,8 +253,11 @@ func (s *Sim) buildFault(ctx *simulator.Context, r *faultRule, method string, th
 		if priv == "" {
 			priv = "System.Read"
 		}
-		f := &types.NoPermission{Object: &obj, PrivilegeId: priv,
-			MissingPrivileges: []types.NoPermissionEntityPrivileges{{Entity: obj, PrivilegeIds: []string{priv}}}}
+		f := &types.NoPermission{Object: &obj, PrivilegeId: priv}
+		if apiAtLeast(s.model.ServiceContent.About.ApiVersion, 7, 0, 3) {
+			// missingPrivileges exists since 7.0.3.2; older clients cannot parse it
+			f.MissingPrivileges = []types.NoPermissionEntityPrivileges{{Entity: obj, PrivilegeIds: []string{priv}}}
+		}
 		msg := r.Message
 		if msg == "" {
 			msg = fmt.Sprintf("Permission to perform this operation was denied.\nRequired privilege '%s' on managed object with id '%s'.", priv, obj.Value)
@@ -437,4 +444,38 @@ func (f *injected) CreateContainerView(ctx *simulator.Context, req *types.Create
 
 func (f *injected) FindByUuid(ctx *simulator.Context, req *types.FindByUuid) soap.HasFault {
 	return f.respond(ctx, "FindByUuid", req.This, "", nil)
+}
+
+func (f *injected) RevertToCurrentSnapshotTask(ctx *simulator.Context, req *types.RevertToCurrentSnapshot_Task) soap.HasFault {
+	return f.respond(ctx, "RevertToCurrentSnapshot_Task", req.This, "revertToCurrentSnapshot", func(r types.ManagedObjectReference) soap.HasFault {
+		return &methods.RevertToCurrentSnapshot_TaskBody{Res: &types.RevertToCurrentSnapshot_TaskResponse{Returnval: r}}
+	})
+}
+
+// apiAtLeast compares a dotted vSphere API version with major.minor.patch.
+func apiAtLeast(v string, major, minor, patch int) bool {
+	want := []int{major, minor, patch}
+	parts := strings.Split(v, ".")
+	for i := range want {
+		n := 0
+		if i < len(parts) {
+			fmt.Sscanf(parts[i], "%d", &n)
+		}
+		if n != want[i] {
+			return n > want[i]
+		}
+	}
+	return true
+}
+
+// Fetch is the PropertyCollector method pyVmomi uses to read a single property. Its request
+// type lives in a vcsim-internal package, so it is taken as any.
+func (f *injected) Fetch(ctx *simulator.Context, req any) soap.HasFault {
+	var this types.ManagedObjectReference
+	if v := reflect.ValueOf(req); v.Kind() == reflect.Pointer && !v.IsNil() {
+		if t := v.Elem().FieldByName("This"); t.IsValid() {
+			this, _ = t.Interface().(types.ManagedObjectReference)
+		}
+	}
+	return f.respond(ctx, "Fetch", this, "", nil)
 }

@@ -114,7 +114,11 @@ func main() {
 		cleanup = append(cleanup, func() { os.RemoveAll(filepath.Join(sd, "frozen")) })
 	}
 	absState, _ := filepath.Abs(*stateDir)
-	sockDir, err := os.MkdirTemp("", "cbtsim-nbd-") // short path: unix socket names are limited to 107 bytes
+	sockBase := os.TempDir()
+	if len(sockBase) > 60 {
+		sockBase = "/tmp" // unix socket paths are limited to 107 bytes
+	}
+	sockDir, err := os.MkdirTemp(sockBase, "cbtsim-nbd-")
 	if err != nil {
 		fatal("%v", err)
 	}
@@ -145,7 +149,9 @@ func main() {
 		exports:  map[string]*export{},
 		proxyRef: types.ManagedObjectReference{Type: "CbtSimProxy", Value: "cbtsim"},
 	}
-	model.Map().Put(&proxy{Self: s.proxyRef, sim: s})
+	px := &proxy{Self: s.proxyRef, sim: s}
+	model.Map().Put(px)
+	model.Map().AddHandler(px)
 	model.Map().Handler = s.hook
 	cleanup = append(cleanup, func() {
 		s.mu.Lock()

@@ -13,11 +13,13 @@ package main
 import (
 	"fmt"
 	"log"
+	"reflect"
 	"strings"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/methods"
+	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -35,6 +37,21 @@ type proxy struct {
 
 func (p *proxy) Reference() types.ManagedObjectReference { return p.Self }
 
+// taskNames maps a task id to the info.name (the WSDL method name, which pyVmomi resolves
+// to a method object; vcsim's own names such as "CreateSnapshotEx" do not resolve).
+var taskNames = map[string]string{
+	"createSnapshot":          "CreateSnapshot_Task",
+	"createSnapshotEx":        "CreateSnapshotEx_Task",
+	"removeSnapshot":          "RemoveSnapshot_Task",
+	"removeAllSnapshots":      "RemoveAllSnapshots_Task",
+	"revertToSnapshot":        "RevertToSnapshot_Task",
+	"revertToCurrentSnapshot": "RevertToCurrentSnapshot_Task",
+	"reconfigVm":              "ReconfigVM_Task",
+	"powerOn":                 "PowerOnVM_Task",
+	"powerOff":                "PowerOffVM_Task",
+	"destroy":                 "Destroy_Task",
+}
+
 var taskManagerRef = types.ManagedObjectReference{Type: "TaskManager", Value: "TaskManager"}
 
 // startTask creates and runs a task on the VM. exec runs asynchronously with the VM lock
@@ -42,6 +59,9 @@ var taskManagerRef = types.ManagedObjectReference{Type: "TaskManager", Value: "T
 func (s *Sim) startTask(ctx *simulator.Context, vm *simulator.VirtualMachine, name string,
 	exec func() (types.AnyType, *vimErr)) types.ManagedObjectReference {
 	t := simulator.CreateTask(vm, name, nil)
+	if n, ok := taskNames[name]; ok {
+		t.Info.Name = n
+	}
 	ctx.Map.Put(t)
 	ctx.Map.AtomicUpdate(ctx, t, []types.PropertyChange{
 		{Name: "info.key", Val: t.Self.Value},
@@ -545,11 +565,11 @@ func (s *Sim) revertDisks(vm *simulator.VirtualMachine, st *vmState, ss *snapSta
 	return nil
 }
 
-func (s *Sim) revert(ctx *simulator.Context, vm *simulator.VirtualMachine, snapRef types.ManagedObjectReference,
+func (s *Sim) revert(ctx *simulator.Context, vm *simulator.VirtualMachine, snapRef types.ManagedObjectReference, taskID string,
 	inner func() (soap.HasFault, func() types.ManagedObjectReference)) types.ManagedObjectReference {
 	var ref types.ManagedObjectReference
 	ctx.WithLock(vm, func() {
-		ref = s.startTask(ctx, vm, "revertToSnapshot", func() (types.AnyType, *vimErr) {
+		ref = s.startTask(ctx, vm, taskID, func() (types.AnyType, *vimErr) {
 			body, get := inner()
 			if _, verr := s.waitInner(ctx, vm, body, get); verr != nil {
 				return nil, verr
@@ -583,7 +603,7 @@ func (p *proxy) RevertToSnapshotTask(ctx *simulator.Context, req *types.RevertTo
 		body.Fault_ = objectNotFound(snap.Vm).soap()
 		return body
 	}
-	ref := p.sim.revert(ctx, vm, req.This, func() (soap.HasFault, func() types.ManagedObjectReference) {
+	ref := p.sim.revert(ctx, vm, req.This, "revertToSnapshot", func() (soap.HasFault, func() types.ManagedObjectReference) {
 		b := snap.RevertToSnapshotTask(ctx, req)
 		return b, func() types.ManagedObjectReference { return b.(*methods.RevertToSnapshot_TaskBody).Res.Returnval }
 	})
@@ -609,7 +629,7 @@ func (p *proxy) RevertToCurrentSnapshotTask(ctx *simulator.Context, req *types.R
 		body.Fault_ = simulator.Fault("snapshot not found", &types.NotFound{})
 		return body
 	}
-	ref := p.sim.revert(ctx, vm, *cur, func() (soap.HasFault, func() types.ManagedObjectReference) {
+	ref := p.sim.revert(ctx, vm, *cur, "revertToCurrentSnapshot", func() (soap.HasFault, func() types.ManagedObjectReference) {
 		b := vm.RevertToCurrentSnapshotTask(ctx, req)
 		return b, func() types.ManagedObjectReference {
 			return b.(*methods.RevertToCurrentSnapshot_TaskBody).Res.Returnval
@@ -771,4 +791,65 @@ func (p *proxy) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soa
 	})
 	body.Res = &types.Destroy_TaskResponse{Returnval: ref}
 	return body
+}
+
+// ---------------------------------------------------------------------------------------
+// registry handler: vcsim leaves runtime.faultToleranceState and runtime.recordReplayState
+// empty, which pyVmomi cannot deserialize (an enum with no value), so every VM gets the
+// values a real VM without FT / record-replay reports when it is registered.
+
+func (p *proxy) PutObject(_ *simulator.Context, obj mo.Reference) {
+	if vm, ok := obj.(*simulator.VirtualMachine); ok {
+		if vm.Runtime.FaultToleranceState == "" {
+			vm.Runtime.FaultToleranceState = types.VirtualMachineFaultToleranceStateNotConfigured
+		}
+		if vm.Runtime.RecordReplayState == "" {
+			vm.Runtime.RecordReplayState = types.VirtualMachineRecordReplayStateInactive
+		}
+		vm.Summary.Runtime = vm.Runtime
+	}
+}
+
+func (p *proxy) UpdateObject(*simulator.Context, mo.Reference, []types.PropertyChange) {}
+
+func (p *proxy) RemoveObject(*simulator.Context, types.ManagedObjectReference) {}
+
+// ---------------------------------------------------------------------------------------
+// Fetch (the PropertyCollector method pyVmomi uses to read one property). For an unset
+// property (vm.snapshot of a VM without snapshots, for example) vcsim answers with a
+// RetrievePropertiesEx response instead of an empty FetchResponse, which pyVmomi turns into
+// an AttributeError; real vCenter returns no value (None in pyVmomi).
+
+type fetchResponse struct {
+	Returnval types.AnyType `xml:"returnval,omitempty,typeattr"`
+}
+
+type fetchBody struct {
+	Res    *fetchResponse `xml:"FetchResponse,omitempty"`
+	Fault_ *soap.Fault    `xml:"http://schemas.xmlsoap.org/soap/envelope/ Fault,omitempty"`
+}
+
+func (b *fetchBody) Fault() *soap.Fault { return b.Fault_ }
+
+func (p *proxy) Fetch(ctx *simulator.Context, req any) soap.HasFault {
+	pcRef := p.sim.model.ServiceContent.PropertyCollector
+	var pc mo.Reference
+	if ctx.Session != nil {
+		pc = ctx.Session.Get(pcRef)
+	}
+	if pc == nil {
+		pc = ctx.Map.Get(pcRef)
+	}
+	m := reflect.ValueOf(pc).MethodByName("Fetch")
+	if !m.IsValid() {
+		return &fetchBody{Fault_: simulator.Fault("Fetch is not available", &types.NotImplemented{})}
+	}
+	var res soap.HasFault
+	ctx.WithLock(pc, func() {
+		res = m.Call([]reflect.Value{reflect.ValueOf(ctx), reflect.ValueOf(req)})[0].Interface().(soap.HasFault)
+	})
+	if _, ok := res.(*methods.RetrievePropertiesExBody); ok && res.Fault() == nil {
+		return &fetchBody{Res: &fetchResponse{}}
+	}
+	return res
 }

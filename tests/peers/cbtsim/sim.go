@@ -483,7 +483,7 @@ func (s *Sim) publish(ctx *simulator.Context, vm *simulator.VirtualMachine, st *
 	ctx.Update(vm, []types.PropertyChange{
 		{Name: "config.hardware.device", Val: vm.Config.Hardware.Device},
 		{Name: "config.extraConfig", Val: vm.Config.ExtraConfig},
-		{Name: "config.changeTrackingEnabled", Val: types.NewBool(st.CBT)},
+		{Name: "config.changeTrackingEnabled", Val: st.CBT},
 	})
 }
 
@@ -695,8 +695,11 @@ func (s *Sim) createVM(ctx context.Context, spec vmSpec) (*simulator.VirtualMach
 	const ctrlKey = 1000
 	scsi := &types.ParaVirtualSCSIController{VirtualSCSIController: types.VirtualSCSIController{
 		VirtualController: types.VirtualController{
-			VirtualDevice: types.VirtualDevice{Key: ctrlKey},
-			BusNumber:     0,
+			VirtualDevice: types.VirtualDevice{
+				Key:        ctrlKey,
+				DeviceInfo: &types.Description{Label: "SCSI controller 0", Summary: "VMware paravirtual SCSI"},
+			},
+			BusNumber: 0,
 		},
 		SharedBus:          types.VirtualSCSISharingNoSharing,
 		ScsiCtlrUnitNumber: 7,
@@ -740,7 +743,11 @@ func (s *Sim) createVM(ctx context.Context, spec vmSpec) (*simulator.VirtualMach
 		}
 		disk := &types.VirtualDisk{
 			VirtualDevice: types.VirtualDevice{
-				Key:           2000 + u,
+				Key: 2000 + u,
+				DeviceInfo: &types.Description{
+					Label:   fmt.Sprintf("Hard disk %d", i+1),
+					Summary: fmt.Sprintf("%d KB", ds.Size/1024),
+				},
 				ControllerKey: ctrlKey,
 				UnitNumber:    types.NewInt32(u),
 				Backing:       backing,
@@ -864,8 +871,12 @@ func fileFault(file, reason string) *vimErr {
 }
 
 func objectNotFound(ref types.ManagedObjectReference) *vimErr {
+	kind := ref.Type
+	if kind == "VirtualMachineSnapshot" {
+		kind = "vm.Snapshot"
+	}
 	return &vimErr{&types.ManagedObjectNotFound{Obj: ref},
-		fmt.Sprintf("The object 'vim.%s:%s' has already been deleted or has not been completely created", ref.Type, ref.Value)}
+		fmt.Sprintf("The object 'vim.%s:%s' has already been deleted or has not been completely created", kind, ref.Value)}
 }
 
 func faultFromSoap(f *soap.Fault) *vimErr {

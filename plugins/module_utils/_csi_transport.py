@@ -1,0 +1,202 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""gRPC transport of ``csi_snapshot_diff``: a TLS channel verified against the SnapshotMetadataService
+CA (no insecure mode), raw ``unary_stream`` calls with the hand-written codec, and a local TCP
+proxy over the Kubernetes pod port-forward API for clients outside the cluster.
+
+This utility is private to the cbt.toolkit collection. Callers check ``HAS_GRPC`` first.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import select
+import selectors
+import socket
+import threading
+import traceback
+
+from ansible_collections.cbt.toolkit.plugins.module_utils._csi_stream import StreamFailure
+
+try:
+    import grpc
+    HAS_GRPC = True
+    GRPC_IMP_ERR = None
+except ImportError:
+    grpc = None
+    HAS_GRPC = False
+    GRPC_IMP_ERR = traceback.format_exc()
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class GrpcTransport:
+    """One TLS channel to the sidecar. ``target`` is where to connect (the service address, or
+    ``127.0.0.1:<port>`` of a port-forward); ``server_name`` is the name the certificate must carry
+    (the host of the service address), used for SNI and verification in both cases."""
+
+    def __init__(self, target, ca_pem, server_name, timeout=None, options=None):
+        self.target = target
+        self.server_name = server_name
+        self.timeout = timeout or None
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+        opts = [
+            ("grpc.ssl_target_name_override", server_name),
+            ("grpc.default_authority", server_name),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 0),
+            ("grpc.keepalive_time_ms", 30000),
+            ("grpc.keepalive_timeout_ms", 20000),
+            ("grpc.keepalive_permit_without_calls", 0),
+        ]
+        opts.extend(options or [])
+        self.channel = grpc.secure_channel(target, credentials, options=opts)
+        self._calls = {}
+
+    def method(self, name):
+        call = self._calls.get(name)
+        if call is None:
+            # No serializers: requests go out as the bytes given, responses come back as bytes.
+            call = self._calls[name] = self.channel.unary_stream(name)
+        return call
+
+    def open_stream(self, method, request):
+        """Yield the raw response messages of one server-streaming call; gRPC errors become
+        ``StreamFailure``; closing the generator cancels the call."""
+        call = self.method(method)(request, timeout=self.timeout)
+        finished = False
+        try:
+            try:
+                for message in call:
+                    yield message
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                details = exc.details() if hasattr(exc, "details") else str(exc)
+                raise StreamFailure(code.name if code is not None else "UNKNOWN", details or "")
+            finished = True
+        finally:
+            if not finished:
+                call.cancel()
+
+    def close(self):
+        self.channel.close()
+
+
+class PortForwardProxy:
+    """Listen on ``127.0.0.1:<free port>`` and carry every accepted connection to ``pod:port``
+    through the Kubernetes API (one port-forward stream per connection)."""
+
+    def __init__(self, api_client, namespace, pod, port, connector=None):
+        self.api_client = api_client
+        self.namespace = namespace
+        self.pod = pod
+        self.port = port
+        self._connector = connector or self._kubernetes_connector
+        self._listener = None
+        self._thread = None
+        self._closed = threading.Event()
+        self.errors = []
+        self.connections = 0
+
+    def _kubernetes_connector(self):
+        from kubernetes import client as k8s_client  # pylint: disable=import-outside-toplevel
+        from kubernetes.stream import portforward  # pylint: disable=import-outside-toplevel
+        core = k8s_client.CoreV1Api(self.api_client)
+        forward = portforward(core.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
+                              ports=str(self.port))
+        return forward.socket(self.port), forward
+
+    def start(self):
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept_loop, name="cbt-port-forward", daemon=True)
+        self._thread.start()
+        return "127.0.0.1:%d" % listener.getsockname()[1]
+
+    def _accept_loop(self):
+        while not self._closed.is_set():
+            try:
+                conn, _addr = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), name="cbt-port-forward-conn", daemon=True).start()
+
+    def _serve(self, conn):
+        forward = None
+        try:
+            try:
+                remote, forward = self._connector()
+            except Exception as exc:  # pylint: disable=broad-except
+                self.errors.append("port-forward to pod %s/%s port %d failed: %s" % (
+                    self.namespace, self.pod, self.port, exc))
+                return
+            pump(conn, remote, self._closed)
+            error = forward.error(self.port) if forward is not None and hasattr(forward, "error") else None
+            if error:
+                self.errors.append("port-forward to pod %s/%s port %d: %s" % (self.namespace, self.pod, self.port, error))
+        finally:
+            for sock in (conn,):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            if forward is not None and hasattr(forward, "close"):
+                try:
+                    forward.close()
+                except Exception:  # pylint: disable=broad-except
+                    pass
+
+    def close(self):
+        self._closed.set()
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+
+
+def pump(local, remote, closed, chunk=65536):
+    """Copy bytes both ways until either side closes."""
+    sel = selectors.DefaultSelector()
+    try:
+        local.setblocking(False)
+        remote.setblocking(False)
+        sel.register(local, selectors.EVENT_READ, remote)
+        sel.register(remote, selectors.EVENT_READ, local)
+        while not closed.is_set():
+            for key, _mask in sel.select(timeout=0.5):
+                src = key.fileobj
+                dst = key.data
+                try:
+                    data = src.recv(chunk)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                _send_all(dst, data)
+    finally:
+        sel.close()
+
+
+def _send_all(sock, data):
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            select.select([], [sock], [], 0.5)
+            continue
+        view = view[sent:]

@@ -1,0 +1,48 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Small helpers shared by the ODF role tests (reading ansible-playbook JSON results)."""
+
+from __future__ import annotations
+
+
+def recap(run, host="localhost"):
+    """PLAY RECAP counters of an AnsibleRun for ``host``."""
+    return run.stats.get(host, {})
+
+
+def changed_tasks(run, host="localhost"):
+    """Names of the tasks that reported a change (loop items count once per task)."""
+    return [r["_task"] for r in run.task_results(host) if r.get("changed")]
+
+
+def failure_messages(run, host="localhost"):
+    """The messages of the failed tasks."""
+    out = []
+    for res in run.task_results(host):
+        if res.get("failed"):
+            out.append(str(res.get("msg", "")))
+        for item in res.get("results", []) or []:
+            if isinstance(item, dict) and item.get("failed"):
+                out.append(str(item.get("msg", "")))
+    return out
+
+
+def fact(run, name, host="localhost"):
+    """The last value set for fact ``name`` by set_fact in the run."""
+    value = None
+    for res in run.task_results(host):
+        facts = res.get("ansible_facts") or {}
+        if name in facts:
+            value = facts[name]
+    return value
+
+
+def assert_ok(run):
+    assert run.rc == 0, "ansible-playbook failed: %s\n%r" % (failure_messages(run), run)
+
+
+def assert_idempotent(run):
+    """A second run: success and changed=0 (names the tasks that changed otherwise)."""
+    assert_ok(run)
+    assert recap(run).get("changed", 0) == 0, "not idempotent, changed tasks: %s" % changed_tasks(run)

@@ -1,0 +1,148 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fixtures and pyVmomi helpers for the VMware module tests.
+
+Each test module gets its own simulator, so VM changes made here touch no other test area.
+The helpers talk to the simulator directly with pyVmomi to set up situations and to check what
+the modules did (independently of the modules' own code).
+"""
+
+import ssl
+import time
+
+import pytest
+
+VCSIM_CHANGE_ID = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/%d"
+
+
+@pytest.fixture(scope="module")
+def own_vcsim():
+    from testbed.vcsim import Vcsim  # pylint: disable=import-outside-toplevel
+
+    # A user name without '@': the simulator's SSO endpoint (ssoadmin) splits "user@domain" and
+    # then rejects the default administrator@vsphere.local login (govmomi v0.56.0).
+    sim = Vcsim(name="vmware-modules", username="cbt-vmware-tester").start()
+    yield sim
+    sim.stop()
+
+
+class Vsphere(object):
+    """Direct pyVmomi access to a simulator for test setup and independent checks."""
+
+    def __init__(self, host, port, username, password, ca_file=None):
+        from pyVim.connect import SmartConnect  # pylint: disable=import-outside-toplevel
+
+        ctx = ssl.create_default_context(cafile=str(ca_file)) if ca_file else ssl._create_unverified_context()
+        self.si = SmartConnect(host=host, port=port, user=username, pwd=password, sslContext=ctx)
+        self.content = self.si.RetrieveContent()
+
+    def close(self):
+        try:
+            self.content.sessionManager.Logout()
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    @property
+    def vim(self):
+        from pyVmomi import vim  # pylint: disable=import-outside-toplevel
+
+        return vim
+
+    def vms(self):
+        view = self.content.viewManager.CreateContainerView(self.content.rootFolder, [self.vim.VirtualMachine], True)
+        try:
+            return list(view.view)
+        finally:
+            view.DestroyView()
+
+    def vm(self, name):
+        found = [v for v in self.vms() if v.name == name]
+        assert len(found) == 1, "expected one VM named %s, found %d" % (name, len(found))
+        return found[0]
+
+    def wait(self, task):
+        from pyVim.task import WaitForTask  # pylint: disable=import-outside-toplevel
+
+        WaitForTask(task, si=self.si)
+        return task.info.result
+
+    def cbt_enabled(self, vm):
+        return bool(vm.config.changeTrackingEnabled)
+
+    def snapshot_names(self, vm):
+        names = []
+
+        def walk(nodes):
+            for node in nodes or []:
+                names.append(node.name)
+                walk(node.childSnapshotList)
+
+        snap = vm.snapshot
+        walk(snap.rootSnapshotList if snap else [])
+        return names
+
+    def disks(self, vm):
+        return [d for d in vm.config.hardware.device if isinstance(d, self.vim.vm.device.VirtualDisk)]
+
+    def set_change_id(self, vm, change_id):
+        """Put a changeId into every disk backing (plain vcsim keeps a client-sent backing as is;
+        real vCenter computes it itself): exercises the 'changeId present' paths on plain vcsim."""
+        spec = self.vim.vm.ConfigSpec(deviceChange=[])
+        for disk in self.disks(vm):
+            disk.backing.changeId = change_id
+            spec.deviceChange.append(self.vim.vm.device.VirtualDeviceSpec(operation="edit", device=disk))
+        self.wait(vm.ReconfigVM_Task(spec))
+
+    def set_cbt(self, vm, enabled):
+        self.wait(vm.ReconfigVM_Task(self.vim.vm.ConfigSpec(changeTrackingEnabled=enabled)))
+
+    def snapshot(self, vm, name):
+        return self.wait(vm.CreateSnapshot_Task(name=name, description="test", memory=False, quiesce=False))
+
+    def remove_all_snapshots(self, vm):
+        if vm.snapshot is not None:
+            self.wait(vm.RemoveAllSnapshots_Task())
+
+    def clone_name_into_folder(self, name, folder_name):
+        """Create another VM called ``name`` in a new folder (for ambiguous-name tests)."""
+        dc = [e for e in self.content.rootFolder.childEntity if isinstance(e, self.vim.Datacenter)][0]
+        folder = [f for f in dc.vmFolder.childEntity if isinstance(f, self.vim.Folder) and f.name == folder_name]
+        folder = folder[0] if folder else dc.vmFolder.CreateFolder(folder_name)
+        host_view = self.content.viewManager.CreateContainerView(dc, [self.vim.HostSystem], True)
+        host = host_view.view[0]
+        host_view.DestroyView()
+        pool = host.parent.resourcePool
+        ds = host.datastore[0]
+        spec = self.vim.vm.ConfigSpec(name=name, guestId="otherGuest", numCPUs=1, memoryMB=64,
+                                      files=self.vim.vm.FileInfo(vmPathName="[%s]" % ds.name))
+        return self.wait(folder.CreateVM_Task(config=spec, pool=pool, host=host))
+
+
+@pytest.fixture(scope="module")
+def vsphere(own_vcsim):
+    api = Vsphere(own_vcsim.host, own_vcsim.port, own_vcsim.username, own_vcsim.password, own_vcsim.ca_file)
+    yield api
+    api.close()
+
+
+def assert_clean_failure(result, run, kind=None, words=()):
+    """A failed module run with a clear message and no Python traceback."""
+    assert result.get("failed") is True, run
+    text = run.stdout + run.stderr
+    assert "Traceback" not in text, text
+    assert "exception" not in result, result.get("exception")
+    if kind is not None:
+        assert result.get("error_kind") == kind, result
+    for word in words:
+        assert word in result["msg"], result["msg"]
+
+
+def poll(predicate, timeout=10.0):
+    """For checks of state that a server applies asynchronously (never used for timing claims)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()

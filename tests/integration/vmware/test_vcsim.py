@@ -1,0 +1,207 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The VMware modules through real Ansible against plain upstream vcsim (govmomi simulator).
+
+Plain vcsim implements reconfigure and snapshots but never assigns a disk changeId and has no
+QueryChangedDiskAreas. These tests use it for what it can do: enabling/disabling CBT on a
+powered-on VM, snapshots, status reporting, every connection and input error, the guarantee
+that the temporary snapshot goes away when initialisation fails, and graceful handling of
+MethodNotFound. CBT semantics proper are tested against cbtsim (test_cbtsim.py).
+"""
+
+import json
+
+import pytest
+from conftest import VCSIM_CHANGE_ID, assert_clean_failure
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture
+def env(own_vcsim):
+    return own_vcsim.env(validate_certs=True)
+
+
+def test_info_reports_every_vm_in_one_run_with_the_appliance_fields(run_module, env, vsphere):
+    res, run = run_module("vmware_cbt_info", {"include_disks": True}, env=env)
+    assert res.get("failed") is not True, run
+    names = sorted(v.name for v in vsphere.vms())
+    assert sorted(v["name"] for v in res["vms"]) == names and res["count"] == len(names)
+    vm0 = [v for v in res["vms"] if v["name"] == "DC0_H0_VM0"][0]
+    real = vsphere.vm("DC0_H0_VM0")
+    assert vm0["vm_name"] == "DC0_H0_VM0" and vm0["vm_path"] == vm0["path"] == "/DC0/vm/DC0_H0_VM0"
+    assert vm0["power_state"] == str(real.runtime.powerState) == "poweredOn"
+    assert vm0["enabled"] == vm0["cbt_enabled"] == vsphere.cbt_enabled(real)
+    assert vm0["instance_uuid"] == real.config.instanceUuid and vm0["bios_uuid"] == real.config.uuid
+    assert vm0["hw_version"] == real.config.version and vm0["moid"] == real._moId
+    disk = vm0["disks"][0]
+    real_disk = vsphere.disks(real)[0]
+    assert disk["key"] == real_disk.key and disk["file"] == real_disk.backing.fileName
+    assert disk["capacity_bytes"] == real_disk.capacityInBytes and disk["eligible"] is True
+    assert disk["controller_type"] == "scsi" and disk["device_node"].startswith("scsi")
+
+
+def test_info_scopes_and_names(run_module, env, vsphere):
+    res, run = run_module("vmware_cbt_info", {"cluster": "DC0_C0", "include_disks": False}, env=env)
+    assert sorted(v["name"] for v in res["vms"]) == ["DC0_C0_RP0_VM0", "DC0_C0_RP0_VM1"], run
+    res, run = run_module("vmware_cbt_info", {"datacenter": "DC0", "folder": "vm"}, env=env)
+    assert res["count"] == len(vsphere.vms()), run
+    res, run = run_module("vmware_cbt_info", {"names": ["DC0_H0_VM1", "DC0_C0_RP0_VM0"]}, env=env)
+    assert sorted(v["name"] for v in res["vms"]) == ["DC0_C0_RP0_VM0", "DC0_H0_VM1"], run
+    res, run = run_module("vmware_cbt_info", {"moid": vsphere.vm("DC0_H0_VM1")._moId}, env=env)
+    assert [v["name"] for v in res["vms"]] == ["DC0_H0_VM1"], run
+    res, run = run_module("vmware_cbt_info", {"names": ["DC0_H0_VM1", "no-such-vm"]}, env=env)
+    assert_clean_failure(res, run, "not_found", ["'no-such-vm'"])
+    res, run = run_module("vmware_cbt_info", {"cluster": "nope"}, env=env)
+    assert_clean_failure(res, run, "not_found", ["cluster 'nope' not found", "DC0_C0"])
+
+
+def test_enable_on_a_powered_on_vm_check_mode_diff_and_idempotency(run_module, env, vsphere):
+    vm = vsphere.vm("DC0_H0_VM1")
+    assert str(vm.runtime.powerState) == "poweredOn" and not vsphere.cbt_enabled(vm)
+    args = {"name": "DC0_H0_VM1", "initialize": False}
+
+    res, run = run_module("vmware_cbt", args, env=env, check=True, diff=True)
+    assert res["changed"] is True and res.get("failed") is not True, run
+    assert res["cbt_enabled_before"] is False and res["cbt_enabled_after"] is True
+    assert res["diff"]["before"]["cbt_enabled"] is False and res["diff"]["after"]["cbt_enabled"] is True
+    assert not vsphere.cbt_enabled(vsphere.vm("DC0_H0_VM1")), "check mode changed the VM"
+
+    res, run = run_module("vmware_cbt", args, env=env, diff=True)
+    assert res["changed"] is True and res["cbt_enabled_after"] is True, run
+    assert vsphere.cbt_enabled(vsphere.vm("DC0_H0_VM1"))
+    assert res["vm"]["power_state"] == "poweredOn" and res["vm"]["path"] == "/DC0/vm/DC0_H0_VM1"
+
+    res, run = run_module("vmware_cbt", args, env=env)
+    assert res["changed"] is False and res["actions"] == [], run
+
+    res, run = run_module("vmware_cbt", dict(args, state="disabled"), env=env)
+    assert res["changed"] is True and not vsphere.cbt_enabled(vsphere.vm("DC0_H0_VM1")), run
+    res, run = run_module("vmware_cbt", dict(args, state="disabled"), env=env)
+    assert res["changed"] is False, run
+
+
+def test_failed_initialisation_leaves_no_snapshot(run_module, env, vsphere):
+    """vcsim never assigns a changeId, so initialisation must fail -- with its own message --
+    and the temporary snapshot must be gone afterwards."""
+    vm = vsphere.vm("DC0_C0_RP0_VM0")
+    vsphere.snapshot(vm, "user-snapshot")  # a user's snapshot must survive
+    res, run = run_module("vmware_cbt", {"name": "DC0_C0_RP0_VM0"}, env=env)
+    assert_clean_failure(res, run, "no_change_id", [
+        "CBT enablement check failed - migration cannot proceed: CBT initialization failed for VM 'DC0_C0_RP0_VM0'",
+        "still without changeId after the stun cycle"])
+    temp = res["temporary_snapshots"]
+    assert len(temp) == 1 and temp[0]["removed"] is True and temp[0]["moid"]
+    assert vsphere.snapshot_names(vsphere.vm("DC0_C0_RP0_VM0")) == ["user-snapshot"]
+    assert res["changed"] is True  # CBT was switched on before the initialisation failed
+    vsphere.remove_all_snapshots(vsphere.vm("DC0_C0_RP0_VM0"))
+
+
+def test_enable_and_initialise_with_change_ids_then_idempotent(run_module, env, vsphere):
+    """With a changeId placed in the disk backing (vcsim keeps it) the full flow succeeds, and
+    the second run does nothing."""
+    vm = vsphere.vm("DC0_C0_RP0_VM1")
+    vsphere.set_change_id(vm, VCSIM_CHANGE_ID % 5)
+    res, run = run_module("vmware_cbt", {"name": "DC0_C0_RP0_VM1"}, env=env, diff=True)
+    assert res.get("failed") is not True and res["changed"] is True, run
+    assert res["cbt_initialized"] is True and res["disks"][0]["change_id"] == VCSIM_CHANGE_ID % 5
+    assert [a.split(" ")[0] for a in res["actions"]] == ["enable", "initialise"]
+    assert res["temporary_snapshots"][0]["removed"] is True
+    assert vsphere.snapshot_names(vsphere.vm("DC0_C0_RP0_VM1")) == []
+    res, run = run_module("vmware_cbt", {"name": "DC0_C0_RP0_VM1"}, env=env)
+    assert res["changed"] is False and res["cbt_initialized"] is True, run
+
+
+def test_stale_temporary_snapshots_are_removed(run_module, env, vsphere):
+    vm = vsphere.vm("DC0_C0_RP0_VM1")
+    vsphere.snapshot(vm, "cbt-toolkit-init-20240101T000000Z-dead")
+    vsphere.snapshot(vm, "keep-me")
+    res, run = run_module("vmware_cbt", {"name": "DC0_C0_RP0_VM1"}, env=env, check=True)
+    assert res["changed"] is True and len(vsphere.snapshot_names(vsphere.vm("DC0_C0_RP0_VM1"))) == 2, run
+    res, run = run_module("vmware_cbt", {"name": "DC0_C0_RP0_VM1"}, env=env)
+    assert res["changed"] is True, run
+    assert [s["name"] for s in res["stale_snapshots_removed"]] == ["cbt-toolkit-init-20240101T000000Z-dead"]
+    assert vsphere.snapshot_names(vsphere.vm("DC0_C0_RP0_VM1")) == ["keep-me"]
+    vsphere.remove_all_snapshots(vsphere.vm("DC0_C0_RP0_VM1"))
+
+
+def test_migration_snapshot_and_method_not_found_gives_full_sync(run_module, env, vsphere, tmp_path):
+    vm = vsphere.vm("DC0_H0_VM0")
+    vsphere.set_cbt(vm, True)
+    vsphere.set_change_id(vm, VCSIM_CHANGE_ID % 9)
+    args = {"name": "DC0_H0_VM0", "snapshot_name": "round-1"}
+    res, run = run_module("vmware_migration_snapshot", args, env=env, check=True)
+    assert res["changed"] is True and vsphere.snapshot_names(vsphere.vm("DC0_H0_VM0")) == [], run
+    res, run = run_module("vmware_migration_snapshot", args, env=env, diff=True)
+    assert res["changed"] is True and res["snapshot"]["name"] == "round-1", run
+    key = str(vsphere.disks(vm)[0].key)
+    assert res["change_ids"] == {key: VCSIM_CHANGE_ID % 9}
+    assert res["diff"]["after"] == {"snapshot": "round-1"}
+    moid = res["snapshot"]["moid"]
+    res, run = run_module("vmware_migration_snapshot", args, env=env)
+    assert res["changed"] is False and res["snapshot"]["moid"] == moid, run
+
+    out = tmp_path / "r1.extents"
+    res, run = run_module("vmware_cbt_changes", {"name": "DC0_H0_VM0", "snapshot": moid, "disk_key": int(key),
+                                                 "change_id": VCSIM_CHANGE_ID % 2, "extent_file": str(out)}, env=env)
+    assert res.get("failed") is not True and res["changed"] is False, run
+    assert res["full_sync_required"] is True and res["fault"] == "MethodNotFound"
+    assert "does not implement QueryChangedDiskAreas" in res["reason"]
+    capacity = vsphere.disks(vm)[0].capacityInBytes
+    assert res["extents"] == [{"offset": 0, "length": capacity}] and res["capacity"] == capacity
+    lines = out.read_text().splitlines()
+    assert lines[0] == "# cbt.toolkit extents v1" and "# full_sync_required=true" in lines
+    assert lines[-1] == "0 %d" % capacity
+
+    res, run = run_module("vmware_migration_snapshot", dict(args, state="absent"), env=env, diff=True)
+    assert res["changed"] is True and res["diff"]["after"] == {"snapshot": None}, run
+    assert vsphere.snapshot_names(vsphere.vm("DC0_H0_VM0")) == []
+    res, run = run_module("vmware_migration_snapshot", dict(args, state="absent"), env=env)
+    assert res["changed"] is False, run
+
+
+def test_bad_input_gives_clear_errors_without_traceback(run_module, env, vsphere, own_vcsim):
+    vsphere.clone_name_into_folder("DC0_H0_VM0", "duplicates")
+    cases = [
+        ("vmware_cbt", {"name": "no-such-vm"}, env, "not_found", ["VM 'no-such-vm' not found"]),
+        ("vmware_cbt", {"name": "dc0_h0_vm0"}, env, "not_found", ["did you mean 'DC0_H0_VM0'"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM0"}, env, "ambiguous",
+         ["ambiguous", "/DC0/vm/DC0_H0_VM0", "/DC0/vm/duplicates/DC0_H0_VM0"]),
+        ("vmware_cbt", {"moid": "vm-99999"}, env, "not_found", ["moid 'vm-99999'"]),
+        ("vmware_cbt", {"uuid": "00000000-0000-0000-0000-000000000000"}, env, "not_found", ["BIOS UUID"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM0", "folder": "/DC0/vm/missing"}, env, "not_found", ["folder"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM1"}, dict(env, VMWARE_PASSWORD="wrong"), "login_failed",
+         ["login to vCenter", "failed"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM1"}, dict(env, VMWARE_PORT=str(_closed_port())), "unreachable",
+         ["is unreachable", "refused"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM1"}, dict(own_vcsim.env(validate_certs=False), VMWARE_VALIDATE_CERTS="true"),
+         "tls_verification_failed", ["TLS verification", "validate_certs"]),
+        ("vmware_cbt_changes", {"name": "DC0_H0_VM1", "snapshot": "x", "disk_key": 1, "change_id": "bogus/1"}, env,
+         "invalid_argument", ["16 hex bytes"]),
+    ]
+    for module, args, run_env, kind, words in cases:
+        res, run = run_module(module, args, env=run_env)
+        assert_clean_failure(res, run, kind, words + ["CBT enablement check failed"] if module == "vmware_cbt" else words)
+        assert "wrong" not in json.dumps(res) and own_vcsim.password not in json.dumps(res)
+    # the duplicate can be told apart by folder
+    res, run = run_module("vmware_cbt_info", {"name": "DC0_H0_VM0", "folder": "/DC0/vm/duplicates"}, env=env)
+    assert res["vms"][0]["path"] == "/DC0/vm/duplicates/DC0_H0_VM0", run
+    res, run = run_module("vmware_cbt", {"name": "DC0_H0_VM0", "folder": "duplicates", "datacenter": "DC0",
+                                         "initialize": False}, env=env, check=True)
+    assert res["vm"]["path"] == "/DC0/vm/duplicates/DC0_H0_VM0", run
+
+
+def test_bad_disk_key(run_module, env, vsphere):
+    vm = vsphere.vm("DC0_H0_VM1")
+    vsphere.snapshot(vm, "for-bad-key")
+    res, run = run_module("vmware_cbt_changes", {"name": "DC0_H0_VM1", "snapshot": "for-bad-key", "disk_key": 31337,
+                                                 "change_id": "*"}, env=env)
+    assert_clean_failure(res, run, "not_found", ["no disk with key 31337", str(vsphere.disks(vm)[0].key)])
+    vsphere.remove_all_snapshots(vsphere.vm("DC0_H0_VM1"))
+
+
+def _closed_port():
+    from testbed.core import free_port  # pylint: disable=import-outside-toplevel
+
+    return free_port()

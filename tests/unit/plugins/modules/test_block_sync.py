@@ -1,0 +1,114 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests of the block_sync module wrapper (argument handling, results, failures)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+import os
+
+import pytest
+
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+
+from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_hash as bh
+from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_io as bio
+from ansible_collections.cbt.toolkit.plugins.modules import block_sync
+
+MiB = 1024 * 1024
+
+
+class Exit(Exception):
+    pass
+
+
+class Fail(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def no_exit(monkeypatch):
+    def exit_json(self, **kw):
+        raise Exit(kw)
+
+    def fail_json(self, **kw):
+        raise Fail(kw)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
+
+
+def run(args, expect=Exit):
+    with patch_module_args(args):
+        with pytest.raises(expect) as err:
+            block_sync.main()
+    return err.value.args[0]
+
+
+@pytest.fixture
+def src(tmp_path):
+    path = tmp_path / "src.img"
+    with open(path, "wb") as f:
+        f.truncate(4 * MiB)
+        f.seek(MiB)
+        f.write(os.urandom(MiB))
+    return str(path)
+
+
+def test_full_then_incremental_then_check_and_diff(tmp_path, src):
+    dest = str(tmp_path / "dst.img")
+    state = str(tmp_path / "st")
+    res = run({"src": src, "dest": dest, "mode": "allocated", "state_dir": state})
+    assert res["changed"] and res["bytes_written"] == MiB and res["dest_created"]
+    res = run({"src": src, "dest": dest, "extents": [{"offset": MiB, "length": 4096}], "state_dir": state,
+               "_ansible_check_mode": True, "_ansible_diff": True})
+    assert res["changed"] and res["bytes_to_copy"] == 4096 and "diff" in res
+    assert "ranges from" in res["diff"]["after"]
+    res = run({"src": src, "dest": dest, "extents": [], "state_dir": state})
+    assert res["changed"] is False and res["bytes_written"] == 0
+
+
+def test_nothing_to_copy_and_checksum_file_need_options(tmp_path, src):
+    res = run({"src": src, "dest": str(tmp_path / "d")}, Fail)
+    assert "nothing to copy" in res["msg"]
+    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "all", "checksum_file": "/tmp/x"}, Fail)
+    assert "needs verify" in res["msg"]
+    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "extents"}, Fail)
+    assert "extents" in res["msg"]
+
+
+def test_validation_errors_fail_cleanly(tmp_path, src):
+    res = run({"src": src, "dest": src, "mode": "all", "state_dir": str(tmp_path / "st")}, Fail)
+    assert "are the same" in res["msg"] and "exception" not in res
+
+
+def test_missing_nbd_binding(tmp_path, src, monkeypatch):
+    monkeypatch.setattr(bio, "HAS_NBD", False)
+    res = run({"src": "nbd://127.0.0.1:1/x", "dest": str(tmp_path / "d"), "mode": "all"}, Fail)
+    assert "python3-libnbd" in res["msg"]
+
+
+def test_missing_hash_library_suggests_sha256(tmp_path, src, monkeypatch):
+    monkeypatch.setattr(bh, "blake3", None)
+    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "all", "verify": True,
+               "checksum_algorithm": "blake3"}, Fail)
+    assert "blake3" in res["msg"] and "checksum_algorithm: sha256" in res["msg"]
+
+
+def test_verification_failure_returns_the_result(tmp_path, src, monkeypatch):
+    real = bio.LocalEndpoint.write
+
+    def lossy(self, offset, data):
+        data = bytes(memoryview(data))
+        return real(self, offset, b"\xff" + data[1:])
+
+    monkeypatch.setattr(bio.LocalEndpoint, "write", lossy)
+    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "allocated", "verify": True,
+               "checksum_algorithm": "sha256", "state_dir": str(tmp_path / "st")}, Fail)
+    assert res["changed"] is True and res["verification"]["passed"] is False
+    assert "verification failed" in res["msg"]
+    assert json.loads(json.dumps(res))  # serialisable

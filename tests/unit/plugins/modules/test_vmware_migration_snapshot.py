@@ -1,0 +1,167 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""cbt.toolkit.vmware_migration_snapshot: idempotent by name, check mode, change IDs at the
+snapshot, removal waits for consolidation."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import pytest
+from ansible.module_utils import basic
+from ansible.module_utils.testing import patch_module_args
+from pyVmomi import vim
+
+from ansible_collections.cbt.toolkit.plugins.module_utils import _vmware_module as vmod
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareTaskFailed
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
+from ansible_collections.cbt.toolkit.plugins.modules import vmware_migration_snapshot as mod
+
+CID = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/%d"
+
+
+class Done(SystemExit):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def exits(monkeypatch):
+    def finish(self, **kw):
+        raise Done(kw)
+
+    def fail(self, **kw):
+        kw["failed"] = True
+        raise Done(kw)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail)
+
+
+class World(object):
+    def __init__(self):
+        self.snapshots = []
+        self.calls = []
+        self.consolidation_needed = False
+        self.fail_remove = None
+
+    def add(self, name):
+        moid = "snapshot-%d" % (len(self.snapshots) + 1)
+        snap = {"name": name, "moid": moid, "ref": Snap(self, moid), "description": "d", "create_time": None,
+                "id": 1, "quiesced": False, "parent": None, "depth": 0, "seq": len(self.snapshots) + 1}
+        self.snapshots.append(snap)
+        return snap
+
+
+class Snap(object):
+    def __init__(self, world, moid):
+        self.world = world
+        self._moId = moid
+
+    def RemoveSnapshot_Task(self, removeChildren, consolidate):
+        self.world.calls.append(("remove", self._moId, removeChildren, consolidate))
+        if self.world.fail_remove is not None:
+            raise self.world.fail_remove
+        self.world.snapshots = [s for s in self.world.snapshots if s["moid"] != self._moId]
+
+
+@pytest.fixture
+def world(monkeypatch):
+    w = World()
+
+    class Client(object):
+        def run_task(self, what, func, *args, **kwargs):
+            kwargs.pop("timeout", None)
+            kwargs.pop("expected_privilege", None)
+            return func(*args, **kwargs)
+
+    def create(client, vm, name, description, memory, quiesce, timeout, text):
+        w.calls.append(("create", name, memory, quiesce))
+        return w.add(name)["ref"]
+
+    def disks(client, ref, what):
+        seq = [s for s in w.snapshots if s["moid"] == ref._moId][0]["seq"]
+        return describe_disks([
+            vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0),
+            vim.vm.device.VirtualDisk(key=2000, controllerKey=1000, unitNumber=0, capacityInBytes=1 << 30,
+                                      backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                                          fileName="[ds] vm1/vm1.vmdk", diskMode="persistent", changeId=CID % seq))])
+
+    def consolidate(client, vm, timeout, text):
+        w.calls.append(("consolidate-check",))
+        return w.consolidation_needed
+
+    monkeypatch.setattr(vmod.VmwareModule, "connect", lambda self: setattr(self, "client", Client()))
+    monkeypatch.setattr(vmod.VmwareModule, "close", lambda self: None)
+    monkeypatch.setattr(vmod.VmwareModule, "find_vm", lambda self: "vmref")
+    monkeypatch.setattr(mod, "read_vm", lambda client, vm: {
+        "ref": vm, "moid": "vm-1", "path": "/DC0/vm/vm1", "missing": [],
+        "props": {"name": "vm1", "config.changeTrackingEnabled": True, "config.hardware.device": []}})
+    monkeypatch.setattr(mod, "read_snapshots", lambda client, vm, name=None: list(w.snapshots))
+    monkeypatch.setattr(mod, "create_snapshot", create)
+    monkeypatch.setattr(mod, "snapshot_disks", disks)
+    monkeypatch.setattr(mod, "consolidate_if_needed", consolidate)
+    return w
+
+
+def run(args, check=False, diff=False):
+    args = dict({"hostname": "h", "username": "u", "password": "p", "name": "vm1"}, **args)
+    if check:
+        args["_ansible_check_mode"] = True
+    if diff:
+        args["_ansible_diff"] = True
+    with patch_module_args(args):
+        with pytest.raises(Done) as err:
+            mod.main()
+    return err.value.args[0]
+
+
+def test_present_creates_once_and_returns_change_ids(world):
+    res = run({"snapshot_name": "round-1"}, diff=True)
+    assert res["changed"] is True and res["snapshot"]["moid"] == "snapshot-1"
+    assert res["change_ids"] == {"2000": CID % 1}
+    assert res["disks"][0]["capacity_bytes"] == 1 << 30 and res["disks"][0]["file"] == "[ds] vm1/vm1.vmdk"
+    assert ("create", "round-1", False, False) in world.calls
+    assert res["diff"] == {"before": {"snapshot": None}, "after": {"snapshot": "round-1"},
+                           "before_header": "/DC0/vm/vm1", "after_header": "/DC0/vm/vm1"}
+    again = run({"snapshot_name": "round-1"})
+    assert again["changed"] is False and again["change_ids"] == res["change_ids"]
+    assert len([c for c in world.calls if c[0] == "create"]) == 1
+
+
+def test_check_mode_creates_nothing(world):
+    res = run({"snapshot_name": "round-1"}, check=True)
+    assert res["changed"] is True and res["snapshot"]["moid"] is None and world.calls == []
+
+
+def test_absent_removes_with_consolidation_and_is_idempotent(world):
+    world.add("round-1")
+    world.consolidation_needed = True
+    res = run({"snapshot_name": "round-1", "state": "absent"})
+    assert res["changed"] is True and res["consolidated"] is True
+    assert ("remove", "snapshot-1", False, True) in world.calls and world.snapshots == []
+    assert run({"snapshot_name": "round-1", "state": "absent"})["changed"] is False
+
+
+def test_absent_by_moid_and_check_mode(world):
+    world.add("round-1")
+    res = run({"snapshot_name": "snapshot-1", "state": "absent"}, check=True)
+    assert res["changed"] is True and len(world.snapshots) == 1
+    res = run({"snapshot_name": "snapshot-1", "state": "absent"})
+    assert res["changed"] is True and world.snapshots == []
+
+
+def test_duplicate_names_are_an_error_listing_moids(world):
+    world.add("round-1")
+    world.add("round-1")
+    res = run({"snapshot_name": "round-1"})
+    assert res["failed"] and res["error_kind"] == "ambiguous"
+    assert "snapshot-1" in res["msg"] and "snapshot-2" in res["msg"]
+
+
+def test_remove_failure_is_reported(world):
+    world.add("round-1")
+    world.fail_remove = VmwareTaskFailed("removing snapshot 'round-1' failed: locked",
+                                         fault=vim.fault.TaskInProgress(msg="locked"))
+    res = run({"snapshot_name": "round-1", "state": "absent"})
+    assert res["failed"] and res["error_kind"] == "snapshot_remove_failed" and "locked" in res["msg"]
