@@ -715,7 +715,7 @@ class Engine(object):
         self.hash_pieces = bool(req.verify and not req.check_mode)
         result = self.result
         result.update({
-            "changed": False, "src": req.src, "dest": req.dest, "mode": mode, "size": self.src.size,
+            "changed": False, "source": req.src, "target": req.dest, "mode": mode, "size": self.src.size,
             "dest_size": self.dst.size if self.dst is not None else self.src.size,
             "dest_created": bool(self.dest_created), "plan_id": plan_id, "sync_id": req.sync_id,
             "src_kind": self.src.kind,
@@ -848,15 +848,18 @@ class Engine(object):
             status.write("complete", total, total, message="already complete for sync_id %s" % req.sync_id,
                          force=True)
             return result
-        self.state = ResumeState(files, plan_id, target_fp, {
-            "src": req.src, "dest": req.dest, "mode": mode, "sync_id": req.sync_id, "size": self.src.size,
-            "plan_bytes": extlib.total_bytes(copy) + extlib.total_bytes(zero)})
-        if done:
-            self.state.done = list(done)
-            self.state.created = old.created
-            result["resumed"] = True
-        write_plan(files.plan, plan_id, copy, zero)
-        self.state.save()  # "running" is on disk before the first byte is written
+        continuing = old is not None and old.plan_id == plan_id and old.status == "running" and \
+            done is old.done
+        if continuing:
+            # the same unfinished plan: keep its state file as it is until the next commit
+            self.state = old
+            result["resumed"] = bool(done)
+        else:
+            self.state = ResumeState(files, plan_id, target_fp, {
+                "src": req.src, "dest": req.dest, "mode": mode, "sync_id": req.sync_id, "size": self.src.size,
+                "plan_bytes": extlib.total_bytes(copy) + extlib.total_bytes(zero)})
+            write_plan(files.plan, plan_id, copy, zero)
+            self.state.save()  # "running" is on disk before the first byte is written
         self.resumed_bytes = extlib.total_bytes(_intersect(extlib.normalize(copy + zero), done))
         result["bytes_resumed"] = self.resumed_bytes
         self.total_bytes = extlib.total_bytes(copy) + extlib.total_bytes(zero)

@@ -284,8 +284,44 @@ def decode_response(buf):
         return header[0], header[1], fast[0], fast[1]
     offsets = []
     sizes = []
-    _decode_general(buf, pos, end, offsets, sizes, header)
+    pos = _decode_runs(buf, pos, end, offsets, sizes)
+    if pos < end:
+        _decode_general(buf, pos, end, offsets, sizes, header)
     return header[0], header[1], offsets, sizes
+
+
+_MIN_RUN = 8
+
+
+def _decode_runs(buf, pos, end, offsets, sizes):
+    """Decode the field-3 entries starting at ``pos`` run by run: consecutive tuples of equal encoded
+    length go through the strided decoder (mixed varint widths, e.g. VARIABLE_LENGTH sizes or
+    offsets crossing a power of 128 inside one message). Returns where it stopped."""
+    starts = []
+    append = starts.append
+    limit = end - 1
+    while pos < limit and buf[pos] == 0x1A and buf[pos + 1] < 0x80:
+        append(pos)
+        pos += buf[pos + 1] + 2
+    if pos > end:
+        raise DecodeError("truncated BlockMetadata")
+    count = len(starts)
+    i = 0
+    while i < count:
+        first = starts[i]
+        length = buf[first + 1]
+        j = i + 1
+        while j < count and buf[starts[j] + 1] == length:
+            j += 1
+        stop = starts[j] if j < count else pos
+        decoded = _decode_strided(buf[first:stop]) if j - i >= _MIN_RUN else None
+        if decoded is not None:
+            offsets.extend(decoded[0])
+            sizes.extend(decoded[1])
+        else:
+            _decode_general(buf, first, stop, offsets, sizes, [0, 0])
+        i = j
+    return pos
 
 
 def decode_response_general(buf):

@@ -33,6 +33,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._csi_stream import (
     ExtentSink,
     SnapshotMetadataError,
     StreamRunner,
+    looks_like_v010,
 )
 
 HANDLE_SINCE = (0, 2, 0)  # GetMetadataDeltaRequest field 3 is a CSI handle from sidecar v0.2.0 on
@@ -55,6 +56,7 @@ def argument_spec():
         sms_audience=dict(type="str"),
         sms_config_map_namespace=dict(type="str", default="openshift-storage"),
         transport=dict(type="str", default="auto", choices=["auto", "direct", "port_forward"]),
+        connect_to=dict(type="str"),
         starting_offset=dict(type="int", default=0),
         max_results=dict(type="int", default=0),
         timeout=dict(type="int", default=600),
@@ -86,11 +88,14 @@ def check_params(params):
         return "extents_limit must not be negative"
     if params.get("sidecar_version") and parse_version(params["sidecar_version"]) is None:
         return "sidecar_version %r is not a version like v0.2.0" % params["sidecar_version"]
-    if params.get("sms_address"):
-        try:
-            split_address(params["sms_address"])
-        except ValueError as exc:
-            return "sms_address: %s" % exc
+    for option in ("sms_address", "connect_to"):
+        if params.get(option):
+            try:
+                split_address(params[option])
+            except ValueError as exc:
+                return "%s: %s" % (option, exc)
+    if params.get("connect_to") and params.get("transport") == "port_forward":
+        return "connect_to and transport port_forward are mutually exclusive: connect_to already says where to connect"
     return None
 
 
@@ -165,6 +170,8 @@ def decide_base_mode(params, discovery, service, base_name, base_handle):
 
 
 def choose_transport(params, host):
+    if params.get("connect_to"):
+        return "direct", "connect_to %s was given" % params["connect_to"]
     wanted = params["transport"]
     if wanted != "auto":
         return wanted, "transport %s was requested" % wanted
@@ -286,14 +293,14 @@ def run(params, api_client, check_mode=False, on_token=None, transport_factory=N
 
     transport_kind, transport_reason = choose_transport(params, service["host"])
     proxy = None
-    target_address = service["address"]
+    target_address = params.get("connect_to") or service["address"]
     if transport_kind == "port_forward":
         pf_namespace, pod, port = discovery.port_forward_target(service["address"])
         proxy = (proxy_factory or _default_proxy)(api_client, pf_namespace, pod, port)
         target_address = proxy.start()
         result["service"]["port_forward"] = {"namespace": pf_namespace, "pod": pod, "port": port,
                                              "local_address": target_address}
-    result["service"].update(transport=transport_kind, transport_reason=transport_reason)
+    result["service"].update(transport=transport_kind, transport_reason=transport_reason, connected_to=target_address)
 
     sink = None
     try:
@@ -342,8 +349,7 @@ def run(params, api_client, check_mode=False, on_token=None, transport_factory=N
             try:
                 runner, sink = attempt(mode)
             except SnapshotMetadataError as exc:
-                if (probe and exc.code == "UNAVAILABLE" and "failed to get VolumeSnapshot" in (exc.details or "")
-                        and base_handle and base_handle in (exc.details or "")):
+                if probe and exc.code == "UNAVAILABLE" and looks_like_v010(exc.details, namespace, base_handle):
                     mode = "name"
                     result["base_snapshot_mode"] = {
                         "requested": params["base_snapshot_mode"], "used": "name",

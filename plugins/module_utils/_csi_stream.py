@@ -75,6 +75,11 @@ def is_permanent(code, details):
     return any(marker in (details or "") for marker in _PERMANENT_MARKERS)
 
 
+def looks_like_v010(details, namespace, base_handle):
+    """Sidecar v0.1.0 answers a base *handle* with a lookup of a VolumeSnapshot of that name."""
+    return bool(base_handle) and ("failed to get VolumeSnapshot '%s/%s'" % (namespace, base_handle)) in (details or "")
+
+
 def explain(code, details, ctx):
     """Turn a final gRPC status into a ``SnapshotMetadataError``.
 
@@ -100,12 +105,14 @@ def explain(code, details, ctx):
                     "-namespace in the VolumeSnapshotClass of the snapshot")
         msg = "%s was rejected as invalid by %s: %s; %s" % (what, where, d, hint)
     elif code == "UNAUTHENTICATED":
-        msg = ("%s did not accept the token of ServiceAccount %s for audience '%s': %s; the audience must equal "
+        msg = ("%s: %s did not accept the token of ServiceAccount %s for audience '%s': %s; the audience must equal "
                "the sidecar's --audience or the SnapshotMetadataService spec.audience (override it with "
-               "sms_audience) and the token must be valid" % (where, ctx.get("service_account"), ctx.get("audience"), d))
+               "sms_audience) and the token must be valid" % (what, where, ctx.get("service_account"),
+                                                              ctx.get("audience"), d))
     elif code == "PERMISSION_DENIED":
-        msg = ("%s denied ServiceAccount %s: %s; grant it 'get' on volumesnapshots.snapshot.storage.k8s.io "
-               "in namespace %s (a Role and RoleBinding)" % (where, ctx.get("service_account"), d, ctx.get("namespace")))
+        msg = ("%s: %s denied ServiceAccount %s: %s; grant it 'get' on volumesnapshots.snapshot.storage.k8s.io "
+               "in namespace %s (a Role and RoleBinding)" % (what, where, ctx.get("service_account"), d,
+                                                             ctx.get("namespace")))
     elif code == "OUT_OF_RANGE":
         msg = ("%s: starting_offset %s is outside the volume: %s; use a starting_offset below the volume "
                "capacity (0 for the whole volume)" % (what, ctx.get("starting_offset"), d))
@@ -126,16 +133,16 @@ def explain(code, details, ctx):
                "for this volume: do a full copy" % (what, d))
         if ctx.get("call") == "delta":
             full_sync = "the driver reports FAILED_PRECONDITION for the delta: %s" % d
-    elif code == "UNAVAILABLE" and "failed to get VolumeSnapshot" in d and ctx.get("call") == "delta" \
-            and ctx.get("base_mode") == "handle" and ctx.get("base") and ctx.get("base") in d:
+    elif code == "UNAVAILABLE" and ctx.get("call") == "delta" and ctx.get("base_mode") == "handle" \
+            and looks_like_v010(d, ctx.get("namespace"), ctx.get("base")):
         msg = ("%s: the sidecar looked up a VolumeSnapshot named after the base snapshot handle (%s): it is "
                "sidecar v0.1.0, which expects the base snapshot *name*; set base_snapshot_mode: name (or auto) "
                "and pass base_snapshot" % (what, d))
     elif code == "UNAVAILABLE" and ("handshake" in d or "CERTIFICATE_VERIFY_FAILED" in d or "TSI_" in d
                                     or "certificate verify failed" in d or "SSL_ERROR" in d):
-        msg = ("TLS verification of %s failed: %s; the CA must be the one in the SnapshotMetadataService "
+        msg = ("%s: TLS verification of %s failed: %s; the CA must be the one in the SnapshotMetadataService "
                "spec.caCert (or sms_ca_cert) and the server certificate must name '%s'"
-               % (where, d, ctx.get("server_name")))
+               % (what, where, d, ctx.get("server_name")))
     elif code in ("UNAVAILABLE", "INTERNAL") and any(m in d for m in _PERMANENT_MARKERS):
         hint = ""
         if "failed to authenticate user" in d or "failed to find the SnapshotMetadataService CR" in d:

@@ -242,12 +242,13 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
-src:
-  description: The source.
+source:
+  description: The source (O(src)).
   returned: always
   type: str
-dest:
-  description: The target.
+target:
+  description: The target (O(dest)). Not returned as C(dest), so Ansible does not mix file attributes of the
+    target into the result.
   returned: always
   type: str
 mode:
@@ -519,7 +520,7 @@ def argument_spec():
 
 
 def _diff(result, check_mode):
-    dest = result.get("dest")
+    dest = result.get("target")
     before = "target: %s\nsize: %s\n" % (dest, "absent" if result.get("dest_created") else result.get("dest_size"))
     if check_mode:
         written = result.get("bytes_to_copy", result.get("bytes_differing", 0))
@@ -530,7 +531,7 @@ def _diff(result, check_mode):
         zeroed = result.get("bytes_zeroed", 0)
         extents = result.get("plan", {}).get("extents", 0)
     after = "target: %s\nsize: %s\nranges from %s (mode %s): %d\nbytes written%s: %d\nbytes zeroed%s: %d\n" % (
-        dest, result.get("dest_size"), result.get("src"), result.get("mode"), extents,
+        dest, result.get("dest_size"), result.get("source"), result.get("mode"), extents,
         " (at most, zeros are detected while copying)" if check_mode and result.get("mode") != "compare" else "",
         written, " (at most)" if check_mode else "", zeroed)
     return {"before_header": dest, "after_header": dest, "before": before, "after": after}
@@ -568,7 +569,7 @@ def main():
                                  or result.get("dest_created"))
         module.fail_json(**result)
     except BlockCopyError as exc:
-        module.fail_json(msg=str(exc), src=p["src"], dest=p["dest"])
+        module.fail_json(msg=str(exc), source=p["src"], target=p["dest"])
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg="block_sync from %s to %s failed unexpectedly: %s" % (p["src"], p["dest"], exc),
                          exception=traceback.format_exc())

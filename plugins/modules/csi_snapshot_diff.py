@@ -125,6 +125,13 @@ options:
     type: str
     choices: [auto, direct, port_forward]
     default: auto
+  connect_to:
+    description:
+      - Connect to this C(host:port) instead of the service address, for example a C(kubectl port-forward) you run
+        yourself or a load balancer in front of the sidecar. The certificate is still verified against the host of
+        the service address.
+      - Mutually exclusive with O(transport=port_forward).
+    type: str
   starting_offset:
     description:
       - Byte offset to start the listing from (V(0) for the whole volume).
@@ -325,6 +332,9 @@ service:
       type: str
     transport_reason:
       description: Why that transport.
+      type: str
+    connected_to:
+      description: The C(host:port) the gRPC channel connected to.
       type: str
     port_forward:
       description: C(namespace), C(pod), C(port) and C(local_address) of the port-forward.

@@ -314,6 +314,9 @@ class KubeCluster:
             "--etcd-servers=%s" % self.etcd_url,
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # The endpoint reconciler refuses loopback advertise addresses; nothing routes to
+            # the kubernetes Service here anyway.
+            "--endpoint-reconciler-type=none",
             "--secure-port=%d" % self.port,
             "--tls-cert-file=%s" % (pki / "apiserver.crt"),
             "--tls-private-key-file=%s" % (pki / "apiserver.key"),

@@ -46,3 +46,17 @@ def assert_idempotent(run):
     """A second run: success and changed=0 (names the tasks that changed otherwise)."""
     assert_ok(run)
     assert recap(run).get("changed", 0) == 0, "not idempotent, changed tasks: %s" % changed_tasks(run)
+
+
+def task_durations(run):
+    """(seconds, task name) per task, slowest first - for diagnosing slow runs."""
+    import datetime  # pylint: disable=import-outside-toplevel
+    out = []
+    for play in (run.data or {}).get("plays", []):
+        for task in play.get("tasks", []):
+            dur = task.get("task", {}).get("duration", {})
+            if dur.get("start") and dur.get("end"):
+                fmt = "%Y-%m-%dT%H:%M:%S.%fZ"
+                secs = (datetime.datetime.strptime(dur["end"], fmt) - datetime.datetime.strptime(dur["start"], fmt)).total_seconds()
+                out.append((round(secs, 2), task["task"]["name"]))
+    return sorted(out, reverse=True)

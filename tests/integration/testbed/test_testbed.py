@@ -222,7 +222,8 @@ def test_unprivileged_client_cert_user_gets_403_until_bound(kube_cluster, admin)
             core.list_namespaced_config_map(ns)
         assert err.value.status == 403
         # Authenticated (403, not 401) as the certificate's user: the server names it.
-        assert 'User "%s" cannot list resource "configmaps"' % user in err.value.body
+        message = json.loads(err.value.body)["message"]
+        assert 'User "%s" cannot list resource "configmaps"' % user in message
         review = client.AuthenticationV1Api(api).create_self_subject_review(
             client.V1SelfSubjectReview()).status.user_info
         assert review.username == user

@@ -31,7 +31,7 @@ def test_info_reports_every_vm_in_one_run_with_the_appliance_fields(run_module, 
     vm0 = [v for v in res["vms"] if v["name"] == "DC0_H0_VM0"][0]
     real = vsphere.vm("DC0_H0_VM0")
     assert vm0["vm_name"] == "DC0_H0_VM0" and vm0["vm_path"] == vm0["path"] == "/DC0/vm/DC0_H0_VM0"
-    assert vm0["power_state"] == str(real.runtime.powerState) == "poweredOn"
+    assert vm0["power_state"] == vsphere.power_state(real) == "poweredOn"
     assert vm0["enabled"] == vm0["cbt_enabled"] == vsphere.cbt_enabled(real)
     assert vm0["instance_uuid"] == real.config.instanceUuid and vm0["bios_uuid"] == real.config.uuid
     assert vm0["hw_version"] == real.config.version and vm0["moid"] == real._moId
@@ -59,7 +59,7 @@ def test_info_scopes_and_names(run_module, env, vsphere):
 
 def test_enable_on_a_powered_on_vm_check_mode_diff_and_idempotency(run_module, env, vsphere):
     vm = vsphere.vm("DC0_H0_VM1")
-    assert str(vm.runtime.powerState) == "poweredOn" and not vsphere.cbt_enabled(vm)
+    assert vsphere.power_state(vm) == "poweredOn" and not vsphere.cbt_enabled(vm)
     args = {"name": "DC0_H0_VM1", "initialize": False}
 
     res, run = run_module("vmware_cbt", args, env=env, check=True, diff=True)
@@ -161,29 +161,44 @@ def test_migration_snapshot_and_method_not_found_gives_full_sync(run_module, env
     assert res["changed"] is False, run
 
 
-def test_bad_input_gives_clear_errors_without_traceback(run_module, env, vsphere, own_vcsim):
+def test_bad_input_gives_clear_errors_without_traceback(run_playbook, run_module, env, vsphere, own_vcsim):
+    """Every case in one ansible-playbook run (one Ansible start-up instead of eleven)."""
     vsphere.clone_name_into_folder("DC0_H0_VM0", "duplicates")
+    conn = {"hostname": own_vcsim.host, "port": own_vcsim.port, "username": own_vcsim.username,
+            "password": own_vcsim.password, "ca_cert": str(own_vcsim.ca_file)}
     cases = [
-        ("vmware_cbt", {"name": "no-such-vm"}, env, "not_found", ["VM 'no-such-vm' not found"]),
-        ("vmware_cbt", {"name": "dc0_h0_vm0"}, env, "not_found", ["did you mean 'DC0_H0_VM0'"]),
-        ("vmware_cbt", {"name": "DC0_H0_VM0"}, env, "ambiguous",
+        ("vmware_cbt", {"name": "no-such-vm"}, "not_found", ["VM 'no-such-vm' not found"]),
+        ("vmware_cbt", {"name": "dc0_h0_vm0"}, "not_found", ["did you mean 'DC0_H0_VM0'"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM0"}, "ambiguous",
          ["ambiguous", "/DC0/vm/DC0_H0_VM0", "/DC0/vm/duplicates/DC0_H0_VM0"]),
-        ("vmware_cbt", {"moid": "vm-99999"}, env, "not_found", ["moid 'vm-99999'"]),
-        ("vmware_cbt", {"uuid": "00000000-0000-0000-0000-000000000000"}, env, "not_found", ["BIOS UUID"]),
-        ("vmware_cbt", {"name": "DC0_H0_VM0", "folder": "/DC0/vm/missing"}, env, "not_found", ["folder"]),
-        ("vmware_cbt", {"name": "DC0_H0_VM1"}, dict(env, VMWARE_PASSWORD="wrong"), "login_failed",
+        ("vmware_cbt", {"moid": "vm-99999"}, "not_found", ["moid 'vm-99999'"]),
+        ("vmware_cbt", {"uuid": "00000000-0000-0000-0000-000000000000"}, "not_found", ["BIOS UUID"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM0", "folder": "/DC0/vm/missing"}, "not_found", ["folder"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM1", "password": "wrong-password"}, "login_failed",
          ["login to vCenter", "failed"]),
-        ("vmware_cbt", {"name": "DC0_H0_VM1"}, dict(env, VMWARE_PORT=str(_closed_port())), "unreachable",
-         ["is unreachable", "refused"]),
-        ("vmware_cbt", {"name": "DC0_H0_VM1"}, dict(own_vcsim.env(validate_certs=False), VMWARE_VALIDATE_CERTS="true"),
-         "tls_verification_failed", ["TLS verification", "validate_certs"]),
-        ("vmware_cbt_changes", {"name": "DC0_H0_VM1", "snapshot": "x", "disk_key": 1, "change_id": "bogus/1"}, env,
+        ("vmware_cbt", {"name": "DC0_H0_VM1", "port": _closed_port()}, "unreachable", ["is unreachable", "refused"]),
+        ("vmware_cbt", {"name": "DC0_H0_VM1", "ca_cert": None}, "tls_verification_failed",
+         ["TLS verification", "validate_certs"]),
+        ("vmware_cbt_changes", {"name": "DC0_H0_VM1", "snapshot": "x", "disk_key": 1, "change_id": "bogus/1"},
          "invalid_argument", ["16 hex bytes"]),
+        ("vmware_migration_snapshot", {"name": "DC0_H0_VM0", "snapshot_name": "s"}, "ambiguous", ["ambiguous"]),
+        ("vmware_cbt_info", {"name": "DC0_H0_VM0"}, "ambiguous", ["ambiguous"]),
     ]
-    for module, args, run_env, kind, words in cases:
-        res, run = run_module(module, args, env=run_env)
-        assert_clean_failure(res, run, kind, words + ["CBT enablement check failed"] if module == "vmware_cbt" else words)
-        assert "wrong" not in json.dumps(res) and own_vcsim.password not in json.dumps(res)
+    tasks = []
+    for index, (module, args, _kind, _words) in enumerate(cases):
+        task_args = dict(conn, **args)
+        task_args = dict((k, v) for k, v in task_args.items() if v is not None)
+        tasks.append({"name": "case %d" % index, "cbt.toolkit.%s" % module: task_args, "ignore_errors": True})
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]
+    run = run_playbook(json.dumps(play) + "\n")
+    results = run.task_results()
+    assert len(results) == len(cases), run
+    for (module, _args, kind, words), res in zip(cases, results):
+        if module == "vmware_cbt":
+            words = words + ["CBT enablement check failed - migration cannot proceed: "]
+        assert_clean_failure(res, run, kind, words)
+    text = run.stdout + run.stderr
+    assert "wrong-password" not in text and own_vcsim.password not in text
     # the duplicate can be told apart by folder
     res, run = run_module("vmware_cbt_info", {"name": "DC0_H0_VM0", "folder": "/DC0/vm/duplicates"}, env=env)
     assert res["vms"][0]["path"] == "/DC0/vm/duplicates/DC0_H0_VM0", run

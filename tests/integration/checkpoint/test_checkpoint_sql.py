@@ -1,0 +1,181 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""cbt_checkpoint / cbt_checkpoint_info against SQLite and a real PostgreSQL server: compare-and-set
+conflicts, concurrent advancers (only one wins), history, check mode, no_log of credentials."""
+
+import itertools
+import subprocess
+import threading
+import uuid
+
+import pytest
+
+from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint as cp
+from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_postgres import PostgresStore
+
+
+def backend_args(kind, tmp_path, postgres=None, table=None):
+    if kind == "sqlite":
+        return {"backend": "sqlite", "sqlite_path": str(tmp_path / "checkpoints.sqlite")}
+    args = {"backend": "postgresql", "postgresql_dsn": postgres.dsn_no_password,
+            "postgresql_password": postgres.password}
+    if table:
+        args["table"] = table
+    return args
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_args(request, tmp_path):
+    if request.param == "sqlite":
+        return backend_args("sqlite", tmp_path)
+    pg = request.getfixturevalue("postgres")
+    return backend_args("postgresql", tmp_path, pg, table="cp_%s" % uuid.uuid4().hex[:8])
+
+
+def test_module_cas_conflict_history_and_check_mode(store_args, run_module):
+    key = {"source_id": "vmware:4211-%s:disk-2000" % uuid.uuid4().hex[:6], "target": "/dev/vg0/replica"}
+    args = dict(store_args, **key)
+
+    res, run = run_module("cbt_checkpoint_info", args)
+    assert res.get("checkpoint") is None and res["checkpoints"] == [], run
+
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="52 de ad/1", expected_generation=0, bytes=1024,
+                                                 metadata={"snapshot": "s1"}), check=True, diff=True)
+    assert res.get("changed") is True and res["checkpoint"]["generation"] == 1, run
+    res, _run = run_module("cbt_checkpoint_info", args)
+    assert res["checkpoint"] is None  # check mode wrote nothing
+
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="52 de ad/1", expected_generation=0, bytes=1024,
+                                                 metadata={"snapshot": "s1"}))
+    assert res.get("changed") is True and res["checkpoint"]["metadata"] == {"snapshot": "s1"}, run
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="52 de ad/1", expected_generation=0))
+    assert res.get("changed") is False and not res.get("failed"), run  # re-run after success
+
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="52 de ad/2", expected_previous="52 de ad/1"))
+    assert res.get("changed") is True and res["checkpoint"]["generation"] == 2, run
+
+    # a second pipeline that also started from /1 loses, and is told what is stored
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="52 de ad/3", expected_previous="52 de ad/1"))
+    assert res.get("failed") and res.get("conflict") is True, run
+    assert "52 de ad/2" in res["msg"] and res["current"]["generation"] == 2
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="52 de ad/3", expected_previous="52 de ad/1"),
+                          check=True)
+    assert res.get("failed") and res.get("conflict"), run  # the check runs in check mode too
+
+    res, run = run_module("cbt_checkpoint_info", dict(args, history=True))
+    assert res["checkpoint"]["change_id"] == "52 de ad/2", run
+    assert [(h["action"], h["change_id"], h["previous_change_id"]) for h in res["history"]] == [
+        ("advance", "52 de ad/2", "52 de ad/1"), ("advance", "52 de ad/1", None)]
+    if store_args["backend"] == "postgresql":
+        text = run.stdout + run.stderr
+        assert store_args["postgresql_password"] not in text
+
+
+def _contend(make_store, key, n):
+    outcome = []
+    barrier = threading.Barrier(n)
+
+    def contender(i):
+        store = make_store()
+        try:
+            barrier.wait()
+            store.advance(key[0], key[1], "next-%d" % i, expected_previous="base")
+            outcome.append("won")
+        except cp.ConflictError:
+            outcome.append("lost")
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=contender, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcome
+
+
+def test_postgres_concurrent_advances_only_one_wins(postgres):
+    table = "cp_race_%s" % uuid.uuid4().hex[:8]
+    make = lambda: PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)  # noqa: E731
+    # schema creation itself races here too (8 connections create the tables at once)
+    stores = []
+    errors = []
+    barrier = threading.Barrier(6)
+
+    def create():
+        try:
+            barrier.wait()
+            stores.append(make())
+        except Exception as exc:  # pylint: disable=broad-except
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in itertools.chain(threads):
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for s in stores:
+        s.close()
+    first = make()
+    first.advance("pvc:prod/db", "backup", "base")
+    first.close()
+    outcome = _contend(make, ("pvc:prod/db", "backup"), 8)
+    assert outcome.count("won") == 1 and outcome.count("lost") == 7, outcome
+    check = make()
+    assert check.get("pvc:prod/db", "backup")["generation"] == 2
+    assert len(check.history("pvc:prod/db", "backup", limit=0)) == 2
+    check.close()
+
+
+def test_postgres_first_inserts_race(postgres):
+    table = "cp_first_%s" % uuid.uuid4().hex[:8]
+    make = lambda: PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)  # noqa: E731
+    make().close()
+    outcome = []
+    barrier = threading.Barrier(6)
+
+    def first(i):
+        store = make()
+        try:
+            barrier.wait()
+            store.advance("s", "t", "c-%d" % i, expected_generation=0)
+            outcome.append("won")
+        except cp.ConflictError:
+            outcome.append("lost")
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=first, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcome.count("won") == 1, outcome
+
+
+def test_sqlite_concurrent_processes_only_one_wins(tmp_path):
+    """Separate processes (not threads) advancing the same SQLite checkpoint."""
+    db = str(tmp_path / "cp.sqlite")
+    s = cp.SqliteStore(db)
+    s.advance("s", "t", "base")
+    s.close()
+    code = ("import sys; sys.path[:0] = %r\n"
+            "from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint as cp\n"
+            "s = cp.SqliteStore(%r)\n"
+            "try:\n"
+            "    s.advance('s', 't', sys.argv[1], expected_previous='base'); print('won')\n"
+            "except cp.ConflictError:\n"
+            "    print('lost')\n") % (list(__import__("sys").path[:3]), db)
+    procs = [subprocess.Popen([__import__("sys").executable, "-c", code, "n%d" % i], stdout=subprocess.PIPE,
+                              text=True) for i in range(6)]
+    outcome = [p.communicate()[0].strip() for p in procs]
+    assert outcome.count("won") == 1 and outcome.count("lost") == 5, outcome
+
+
+def test_postgres_wrong_password_is_explained(postgres, run_module):
+    res, run = run_module("cbt_checkpoint_info", {"backend": "postgresql", "postgresql_dsn": postgres.dsn_no_password,
+                                                  "postgresql_password": "wrong-password"})
+    assert res.get("failed") and "cannot connect" in res["msg"], run
+    assert "wrong-password" not in run.stdout
