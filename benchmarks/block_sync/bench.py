@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: cbt.toolkit contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -278,7 +277,7 @@ class Bench:
         self.set_sha = dict((n, sha_extents(self.p("src_%s.img" % n), e)) for n, e in self.sets.items()) \
             if self.args.check else {}
         self.bytes = {}
-        alloc = int(subprocess.run(["du", "-B1", src], capture_output=True, text=True).stdout.split()[0])
+        alloc = int(subprocess.run(["du", "-B1", src], capture_output=True, text=True, check=True).stdout.split()[0])
         log("source: %d MiB virtual, %d MiB allocated; big: %d extents %.1f MiB; small: %d extents %.1f MiB" % (
             size // MiB, alloc // MiB, len(big), extlib.total_bytes(big) / MiB, len(small),
             extlib.total_bytes(small) / MiB))

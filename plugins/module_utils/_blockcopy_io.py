@@ -520,8 +520,6 @@ class NbdEndpoint(Endpoint):
         handle = getattr(self, "handle", None)
         if handle is not None:
             try:
-                if self.writable and self._primary is None:
-                    pass
                 handle.shutdown()
             except Exception:  # pylint: disable=broad-except
                 pass

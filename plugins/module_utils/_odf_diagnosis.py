@@ -321,33 +321,37 @@ class Settings(object):
     """Validated module input with the derived names."""
 
     def __init__(self, params):
-        self.state = params.get("state", "present")
+        def opt(name, default):
+            value = params.get(name)
+            return default if value is None else value
+
+        self.state = opt("state", "present")
         self.driver = params["driver"]
         self.namespace = params["namespace"]
-        self.operator_namespace = params.get("operator_namespace") or self.namespace
-        self.scc_name = params.get("scc_name") or "ceph-csi-op-scc"
-        self.service_name = params.get("service_name") or "csi-snapshot-metadata"
-        self.service_port = int(params.get("service_port") or 6443)
-        self.tls_secret_name = params.get("tls_secret_name") or "%s-tls" % self.service_name
-        self.ca_secret_name = params.get("ca_secret_name") or "%s-ca" % self.service_name
+        self.operator_namespace = opt("operator_namespace", self.namespace)
+        self.scc_name = opt("scc_name", "ceph-csi-op-scc")
+        self.service_name = opt("service_name", "csi-snapshot-metadata")
+        self.service_port = int(opt("service_port", 6443))
+        self.tls_secret_name = opt("tls_secret_name", "%s-tls" % self.service_name)
+        self.ca_secret_name = opt("ca_secret_name", "%s-ca" % self.service_name)
         self.images_configmap = "%s-images" % self.service_name
-        self.audience = params.get("audience") or self.driver
+        self.audience = opt("audience", self.driver)
         self.address = params.get("address")
-        self.tls_provider = params.get("tls_provider") or "auto"
-        self.cert_validity_days = int(params.get("cert_validity_days") or 365)
-        self.ca_validity_days = int(params.get("ca_validity_days") or 3650)
-        self.cert_renew_before_days = int(params.get("cert_renew_before_days") or 30)
-        self.cluster_domain = params.get("cluster_domain", "cluster.local")
-        self.tls_volume_type = params.get("tls_volume_type") or "auto"
+        self.tls_provider = opt("tls_provider", "auto")
+        self.cert_validity_days = int(opt("cert_validity_days", 365))
+        self.ca_validity_days = int(opt("ca_validity_days", 3650))
+        self.cert_renew_before_days = int(opt("cert_renew_before_days", 30))
+        self.cluster_domain = opt("cluster_domain", "cluster.local")
+        self.tls_volume_type = opt("tls_volume_type", "auto")
         self.sidecar_image = params.get("sidecar_image")
-        self.sms_api_version = params.get("sms_api_version") or "auto"
-        self.manage_crd = params.get("manage_crd", True)
-        self.crd_add_missing_versions = params.get("crd_add_missing_versions", False)
-        self.remove_crd = params.get("remove_crd", True)
-        self.reconcile_trigger = params.get("reconcile_trigger") or "annotate"
-        self.wait = params.get("wait", True)
-        self.wait_timeout = int(params.get("wait_timeout") or 0)
-        self.wait_sleep = float(params.get("wait_sleep") or 5)
+        self.sms_api_version = opt("sms_api_version", "auto")
+        self.manage_crd = opt("manage_crd", True)
+        self.crd_add_missing_versions = opt("crd_add_missing_versions", False)
+        self.remove_crd = opt("remove_crd", True)
+        self.reconcile_trigger = opt("reconcile_trigger", "annotate")
+        self.wait = opt("wait", True)
+        self.wait_timeout = int(opt("wait_timeout", 300))
+        self.wait_sleep = float(opt("wait_sleep", 5))
         self.deployment_name = "%s-ctrlplugin" % self.driver
         self.validate()
 

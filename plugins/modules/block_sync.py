@@ -128,7 +128,7 @@ options:
     default: false
   image_digest:
     description:
-      - After the sync, compute a whole-image digest of the source and of the target (first source-size bytes):
+      - After the sync, compute a whole-image digest of the source and of the target (first source-size bytes),
         the hash of the digests of 4 MiB blocks, with zero blocks and holes hashed from a cached digest. The task
         fails when they differ - for an incremental sync that means the change list missed changes or the
         target was not in sync before.

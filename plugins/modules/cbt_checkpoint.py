@@ -201,8 +201,8 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
 def _summary(record):
     if record is None:
         return {}
-    return dict((k, record.get(k)) for k in ("source_id", "target", "change_id", "previous_change_id",
-                                              "generation", "bytes", "metadata"))
+    keys = ("source_id", "target", "change_id", "previous_change_id", "generation", "bytes", "metadata")
+    return dict((k, record.get(k)) for k in keys)
 
 
 def main():

@@ -25,7 +25,6 @@ extends_documentation_fragment:
   - cbt.toolkit.checkpoint_backend
   - cbt.toolkit.k8s_auth
   - ansible.builtin.action_common_attributes
-  - ansible.builtin.action_common_attributes.info_module
 attributes:
   check_mode:
     support: full

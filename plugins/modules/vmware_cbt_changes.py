@@ -195,7 +195,11 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
     snapshot_disks,
     snapshot_public,
 )
-from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import ChangeIdError, parse_change_id
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import (
+    ChangeIdError,
+    describe_disks,
+    parse_change_id,
+)
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import read_vm, vm_facts, vm_label
 from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentFileWriter
 
@@ -228,6 +232,11 @@ def run(m):
     snap_text = "'%s' (%s)" % (snap["name"], snap["moid"])
     disks = snapshot_disks(client, snap["ref"], "reading the disks of snapshot %s of VM %s" % (snap_text, text))
     disk = [d for d in disks if d["key"] == p["disk_key"]]
+    live = [d for d in describe_disks(record["props"].get("config.hardware.device") or []) if d["key"] == p["disk_key"]]
+    if not disk and live and not live[0]["eligible"]:
+        raise CbtError("disk %d '%s' (%s) of VM %s is not part of snapshot %s: %s; its changes cannot be queried, "
+                       "copy it another way" % (live[0]["key"], live[0]["label"], live[0]["file"], text, snap_text,
+                                                live[0]["reason"]), kind="unsupported")
     if not disk:
         raise CbtError("VM %s has no disk with key %d at snapshot %s; disks: %s"
                        % (text, p["disk_key"], snap_text,

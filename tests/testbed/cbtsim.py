@@ -92,6 +92,7 @@ class CbtSim:
         self.datastore_dir: Path | None = None
         self.datastore: str | None = None
         self.datacenter: str | None = None
+        self.cluster: str | None = None
         self.ready: dict | None = None
         self.startup_seconds: float | None = None
         self.process: Process | None = None
@@ -143,6 +144,7 @@ class CbtSim:
             self.datastore_dir = Path(doc["datastore_dir"])
             self.datastore = doc["datastore"]
             self.datacenter = doc["datacenter"]
+            self.cluster = doc["cluster"]
             if self.tls:
                 ctx = ssl.create_default_context(cafile=str(self.ca_file))
                 with urllib.request.urlopen("https://%s:%d/about" % (self.host, self.port), context=ctx,

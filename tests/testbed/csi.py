@@ -347,7 +347,8 @@ class SnapshotBed:
     def sidecar_workload(self, namespace: str, service: str, port: int, image: str, app: str,
                          target_port: int = 50051) -> None:
         """A Service and a Deployment object (nothing runs them) that say which sidecar image serves the
-        address, as a CSI controller Deployment would; also an EndpointSlice naming a pod."""
+        address, as a CSI controller Deployment would; also an EndpointSlice naming a pod (its address is
+        a documentation IP from TEST-NET-1: object data only, nothing ever connects to it)."""
         self.core.create_namespaced_service(namespace, {
             "metadata": {"name": service},
             "spec": {"selector": {"app": app}, "ports": [{"name": "grpc", "port": port, "targetPort": target_port}]}})
@@ -363,6 +364,6 @@ class SnapshotBed:
             "metadata": {"name": "%s-1" % service, "labels": {"kubernetes.io/service-name": service}},
             "addressType": "IPv4",
             "ports": [{"name": "grpc", "port": target_port, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
+            "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": True},
                            "targetRef": {"kind": "Pod", "name": "%s-ctrlplugin-0" % app, "namespace": namespace}}]})
 

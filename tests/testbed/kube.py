@@ -19,8 +19,9 @@ so TokenRequest/TokenReview work). Several clusters can run at once.
 
 What is NOT there, by design: no kubelet, no kube-controller-manager, no scheduler. So nothing
 runs pods, the garbage collector does not cascade-delete owned objects, a deleted namespace stays
-``Terminating`` (use unique namespace names per test), ServiceAccounts get no ``default`` account
-or legacy token secrets automatically. The admission plugins that only make sense with
+``Terminating`` (use unique namespace names per test), namespaces get no ``default``
+ServiceAccount and no ``kube-root-ca.crt`` ConfigMap, and the aggregated ClusterRoles ``admin``,
+``edit`` and ``view`` have no rules (the aggregation controller fills them): bind your own roles. The admission plugins that only make sense with
 controllers are disabled (``ServiceAccount``, which would wait for the ``default`` account, and
 ``StorageObjectInUseProtection``, whose finalizers only controllers remove); all the others that
 kube-apiserver enables by default stay on.

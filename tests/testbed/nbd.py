@@ -138,9 +138,9 @@ class LoopDevice:
         argv = ["losetup", "--find", "--show"] + (["--read-only"] if self.read_only else []) + [str(self.image)]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0 or not proc.stdout.strip().startswith("/dev/"):
-            raise PeerError("loop device", "losetup failed (exit %d): %s; loop devices need root and a kernel/"
-                            "container that allows them (/dev/loop-control)" % (proc.returncode,
-                                                                             proc.stderr.strip()), argv)
+            what = "losetup failed (exit %d): %s; loop devices need root and a kernel/container that allows " \
+                "them (/dev/loop-control)" % (proc.returncode, proc.stderr.strip())
+            raise PeerError("loop device", what, argv)
         self.device = proc.stdout.strip()
         return self
 

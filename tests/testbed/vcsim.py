@@ -90,6 +90,21 @@ class Vcsim:
         (tls / "server-chain.pem").write_bytes(cert_pem(cert) + cert_pem(ca_cert))
         self.key_file = write_private(tls / "server.key", key_pem(key))
 
+    def _sso_name(self) -> str:
+        """The name to register with the simulator's SSO service.
+
+        With the SSO endpoint registered (as upstream vcsim does), a login is checked against
+        the SSO directory: a user name ``name@domain`` is looked up as ``name`` in ``domain``
+        (``name`` alone: in vsphere.local), and the -username given at start is registered as is
+        in vsphere.local. So ``administrator@vsphere.local`` must be registered as
+        ``administrator``; then both spellings log in, as on a real vCenter.
+        """
+        local, _, domain = self.username.partition("@")
+        if domain and domain.lower() != "vsphere.local":
+            raise ValueError("vcsim user %r: the simulator's SSO directory has only the vsphere.local domain"
+                             % self.username)
+        return local
+
     def start(self) -> "Vcsim":
         require_binary(self.peer, self.binary)
         began = time.monotonic()
@@ -104,7 +119,7 @@ class Vcsim:
         argv = [
             self.binary,
             "-l", "127.0.0.1:0",
-            "-username", self.username,
+            "-username", self._sso_name(),
             "-password-file", password_file,
             "-tlscert", self.workdir / "tls" / "server-chain.pem",
             "-tlskey", self.key_file,

@@ -4,7 +4,6 @@
 """Helpers for the block_sync integration tests: images, endpoints of every kind, digests."""
 
 import hashlib
-import os
 import random
 
 from testbed.nbd import LoopDevice, NbdExport

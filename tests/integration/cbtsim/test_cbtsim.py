@@ -605,3 +605,42 @@ def test_ineligible_vm_and_disks(sim, si):
         with pytest.raises(CbtSimError):
             sim.export(info["moid"], snap._moId, key)
     assert areas(qcda_pages(vm, snap, change_id(snap.config, 2003), capacity=8 * MiB, key=2003)) == []
+
+
+# ---- control API validation ------------------------------------------------------------------
+
+def test_control_api_validates_requests(sim, si):
+    info, _ = new_vm(sim, si, "api", disks=[4 * MiB])
+    moid = info["moid"]
+    path = "/vms/%s/disks/%d/write" % (moid, KEY)
+    # numbers may arrive as strings (Ansible's uri module templates them so)
+    res = sim._request("POST", path, {"offset": "4096", "length": "8192", "pattern": "byte:7", "seed": "3"})
+    assert (res["offset"], res["length"]) == (4096, 8192)
+    with open(info["disks"][0]["path"], "rb") as f:
+        f.seek(4096)
+        assert f.read(8192) == b"\x07" * 8192
+    data = sim.write(moid, KEY, 3 * MiB, data=b"hello", return_data=True)
+    assert data["data"] == b"hello" and data["length"] == 5
+    bad = [
+        ("POST", path, {"offset": 0, "length": 10, "pattern": "stripes"}, 400),
+        ("POST", path, {"offset": 4 * MiB - 1, "length": 2}, 400),
+        ("POST", path, {"offset": "x", "length": 2}, 400),
+        ("POST", path, {"offset": 0, "length": 2, "colour": "red"}, 400),
+        ("POST", "/vms/vm-999999/disks/2000/write", {"offset": 0, "length": 2}, 404),
+        ("POST", "/vms/%s/disks/2999/write" % moid, {"offset": 0, "length": 2}, 404),
+        ("POST", "/vms", {"name": info["name"], "disks": [{"size": MiB}]}, 409),
+        ("POST", "/vms", {"name": "nodisk", "disks": []}, 400),
+        ("POST", "/vms", {"name": "odd", "disks": [{"size": 1000}]}, 400),
+        ("POST", "/faults", {"method": "ReconfigVM_Task", "kind": "explode"}, 400),
+        ("POST", "/faults", {"method": "ReconfigVM_Task", "kind": "task_error", "fault": "Nope"}, 400),
+        ("POST", "/exports", {"vm": moid, "snapshot": "snapshot-999999", "disk_key": KEY}, 409),
+        ("DELETE", "/exports/e999999", None, 404),
+        ("POST", "/config", {"block_size": 512}, 400),
+        ("POST", "/vms/%s/ctk-invalidate" % moid, {}, 409),
+    ]
+    for method, url, body, status in bad:
+        with pytest.raises(CbtSimError) as exc:
+            sim._request(method, url, body)
+        assert exc.value.status == status, (method, url, body, exc.value)
+    assert [w["offset"] for w in sim.writes(moid, KEY)] == [4096, 3 * MiB]
+    assert sim.faults() == []

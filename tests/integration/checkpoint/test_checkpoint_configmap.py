@@ -53,7 +53,10 @@ def test_module_advance_conflict_info(kube_cluster, namespace, run_module):
 def test_concurrent_advances_only_one_wins(kube_cluster, namespace):
     ns, _api = namespace
     params = {"kubeconfig": str(kube_cluster.kubeconfig)}
-    make = lambda: ConfigMapStore(params, name="race", namespace=ns)  # noqa: E731
+
+    def make():
+        return ConfigMapStore(params, name="race", namespace=ns)
+
     store = make()
     store.advance("s", "t", "base")
     # an unrelated key written concurrently must not be lost either

@@ -4,7 +4,6 @@
 """cbt_checkpoint / cbt_checkpoint_info against SQLite and a real PostgreSQL server: compare-and-set
 conflicts, concurrent advancers (only one wins), history, check mode, no_log of credentials."""
 
-import itertools
 import subprocess
 import threading
 import uuid
@@ -97,7 +96,10 @@ def _contend(make_store, key, n):
 
 def test_postgres_concurrent_advances_only_one_wins(postgres):
     table = "cp_race_%s" % uuid.uuid4().hex[:8]
-    make = lambda: PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)  # noqa: E731
+
+    def make():
+        return PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
+
     # schema creation itself races here too (8 connections create the tables at once)
     stores = []
     errors = []
@@ -110,8 +112,8 @@ def test_postgres_concurrent_advances_only_one_wins(postgres):
         except Exception as exc:  # pylint: disable=broad-except
             errors.append(exc)
 
-    threads = [threading.Thread(target=create) for _ in range(6)]
-    for t in itertools.chain(threads):
+    threads = [threading.Thread(target=create) for _n in range(6)]
+    for t in threads:
         t.start()
     for t in threads:
         t.join()
@@ -131,7 +133,10 @@ def test_postgres_concurrent_advances_only_one_wins(postgres):
 
 def test_postgres_first_inserts_race(postgres):
     table = "cp_first_%s" % uuid.uuid4().hex[:8]
-    make = lambda: PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)  # noqa: E731
+
+    def make():
+        return PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
+
     make().close()
     outcome = []
     barrier = threading.Barrier(6)

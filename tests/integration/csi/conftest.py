@@ -13,7 +13,7 @@ cannot do on demand.
 
 import pytest
 
-from csi_helpers import NAMESPACE, SERVICE_HOST, start_bed, uid  # pylint: disable=import-error
+from csi_helpers import NAMESPACE, start_bed, uid  # pylint: disable=import-error
 from fake_sms import FakeSnapshotMetadata  # pylint: disable=import-error
 from testbed.csi import ServingCert
 
@@ -24,6 +24,11 @@ def beta_bed():
     try:
         bed.add_chain("fixed", "FIXED_LENGTH")
         bed.add_chain("variable", "VARIABLE_LENGTH", max_results=5)
+        # What a cluster would show behind the SMS address: the Service and the controller Deployment
+        # with the sidecar image (objects only; nothing runs them here).
+        bed.bed.namespace("csi-driver")
+        bed.bed.sidecar_workload("csi-driver", "csi-snapshot-metadata", 6443,
+                                 "registry.k8s.io/sig-storage/csi-snapshot-metadata:v1.1.0", app="csi-test-driver")
         yield bed
     finally:
         bed.stop()
@@ -34,11 +39,7 @@ def alpha_bed():
     bed = start_bed("csi-v1alpha1", ("v1alpha1",), "v0.2.0")
     try:
         # The address names localhost so the module (and the Go lister) connect without an override.
-        bed.add_chain("fixed", "FIXED_LENGTH", address="localhost:%d" % 0)
-        chain = bed.chains["fixed"]
-        bed.bed.delete_sms(chain.driver.name)
-        bed.bed.create_sms(chain.driver.name, "localhost:%d" % chain.sidecar.port, "cbt-test-backup-client",
-                           bed.tls.ca_pem)
+        bed.add_chain("fixed", "FIXED_LENGTH", direct_host="localhost")
         yield bed
     finally:
         bed.stop()
@@ -79,5 +80,3 @@ def fake_service(beta_bed):
     for svc in made:
         svc.stop()
 
-
-__all__ = ["SERVICE_HOST"]

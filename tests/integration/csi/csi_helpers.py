@@ -119,12 +119,16 @@ class Bed:
     chains: dict = field(default_factory=dict)
     address_host: str = SERVICE_HOST
 
-    def add_chain(self, key: str, block_type: str, address: str | None = None, max_results: int = 256) -> Chain:
+    def add_chain(self, key: str, block_type: str, direct_host: str | None = None, max_results: int = 256) -> Chain:
+        """A driver and its sidecar. The SnapshotMetadataService address is ``<direct_host>:<sidecar port>``
+        when ``direct_host`` is given (reachable as is), else the in-cluster Service name, which tests
+        reach with ``connect_to``."""
         driver = CsiTestDriver(name="%s.csi-test.cbt.toolkit.io" % key, block_type=block_type,
                                max_results=max_results).start()
         sidecar = Sidecar(self.sidecar_version, self.cluster, driver, self.tls).start()
         self.bed.create_class("%s-class" % key, driver.name)
-        self.bed.create_sms(driver.name, address or "%s:6443" % self.address_host, AUDIENCE, self.tls.ca_pem)
+        address = "%s:%d" % (direct_host, sidecar.port) if direct_host else "%s:6443" % self.address_host
+        self.bed.create_sms(driver.name, address, AUDIENCE, self.tls.ca_pem)
         chain = Chain(self.bed, driver, sidecar, block_type == "VARIABLE_LENGTH")
         self.chains[key] = chain
         return chain

@@ -43,7 +43,7 @@ def test_trap_is_real_detected_explained_and_fixed(trap_bed, run_module):
     # 3. enabling fails with the explanation and changes nothing
     crd_rv = trap_bed.crd()["metadata"]["resourceVersion"]
     res, run = run_module(ENABLE, trap_bed.run_args(driver=driver, namespace=ns))
-    assert res.get("failed") is True, run
+    failed(res, run)
     assert res["msg"].startswith("CRD version trap"), res["msg"]
     assert "crd_add_missing_versions=true" in res["msg"]
     assert res["changed"] is False and trap_bed.ours(ns) == []

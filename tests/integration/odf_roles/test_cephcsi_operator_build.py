@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from odf_roles_util import assert_idempotent, assert_ok, changed_tasks, failure_messages, fact, recap
+from odf_roles_util import assert_idempotent, assert_ok, changed_tasks, failure_messages, fact
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
@@ -190,4 +190,8 @@ def test_wrong_registry_password_fails_loudly_without_leaking_it(run_playbook, o
     msgs = " ".join(failure_messages(run))
     assert "login to %s" % registry.host in msgs and "failed" in msgs, msgs
     assert extra["cephcsi_operator_build_registry_password"] not in run.stdout + run.stderr
-    assert recap(run).get("changed", 0) <= 1   # at most the checkout
+    # Nothing past the checkout ran: no build, no push.
+    assert all(t.endswith(("Create the work directory", "Clone the repository at the requested branch, tag or commit"))
+               for t in changed_tasks(run)), changed_tasks(run)
+    assert registry.api("/v2/cbt/cephcsi-operator/manifests/%s" % operator_repo["commit"][:12],
+                        accept=MANIFEST_TYPES)[0] == 404

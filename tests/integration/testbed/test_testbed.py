@@ -22,7 +22,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from testbed.core import REPO_ROOT
+from testbed.core import REPO_ROOT, PeerError
 from testbed.kube import KubeCluster
 
 
@@ -228,10 +228,16 @@ def test_unprivileged_client_cert_user_gets_403_until_bound(kube_cluster, admin)
             client.V1SelfSubjectReview()).status.user_info
         assert review.username == user
         assert "cbt-testers" in review.groups
-        # Grant the group read access: the same client now succeeds.
-        client.RbacAuthorizationV1Api(admin).create_namespaced_role_binding(ns, client.V1RoleBinding(
-            metadata=client.V1ObjectMeta(name="testers-view"),
-            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+        # Grant the group read access: the same client now succeeds. (Not the built-in "view":
+        # aggregated ClusterRoles stay empty without kube-controller-manager.)
+        rbac = client.RbacAuthorizationV1Api(admin)
+        role = _unique("cm-list")
+        rbac.create_cluster_role(client.V1ClusterRole(
+            metadata=client.V1ObjectMeta(name=role),
+            rules=[client.V1PolicyRule(api_groups=[""], resources=["configmaps"], verbs=["list"])]))
+        rbac.create_namespaced_role_binding(ns, client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="testers-list"),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=role),
             subjects=[client.RbacV1Subject(kind="Group", name="cbt-testers", api_group="rbac.authorization.k8s.io")]))
         listed = _wait(lambda: _list_or_none(core, ns), what="the group binding to take effect")
         assert listed.items is not None
@@ -268,6 +274,25 @@ def test_two_clusters_run_side_by_side_and_are_isolated(kube_cluster, admin):
     assert other.apiserver.proc.poll() is not None and other.etcd.proc.poll() is not None
 
 
+def test_a_cluster_that_cannot_start_fails_naming_command_and_log():
+    broken = KubeCluster(name="broken", extra_apiserver_args=["--no-such-flag=1"])
+    with pytest.raises(PeerError) as err:
+        broken.start()
+    text = str(err.value)
+    assert text.startswith("test bed peer kube-apiserver:")
+    assert "--no-such-flag=1" in text and "log: %s" % broken.apiserver.log in text
+    assert "unknown flag" in text          # the tail of the apiserver's own log
+    assert broken.etcd.proc.poll() is not None, "etcd must not outlive a failed start"
+
+
+def test_a_missing_binary_names_the_build_command(tmp_path):
+    cluster = KubeCluster(name="nobinary")
+    cluster.apiserver_bin = tmp_path / "kube-apiserver"
+    with pytest.raises(PeerError) as err:
+        cluster.start()
+    assert "tests/peers/build.sh" in str(err.value) and str(cluster.apiserver_bin) in str(err.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # vcsim
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +311,7 @@ def _find_vm(si, name):
 
 
 def test_vcsim_login_over_verified_tls(own_vcsim):
-    from pyVim.connect import Disconnect  # pylint: disable=import-outside-toplevel
+    from pyVim.connect import Disconnect, SmartConnect  # pylint: disable=import-outside-toplevel
 
     si = own_vcsim.connect(validate_certs=True)
     try:
@@ -295,6 +320,11 @@ def test_vcsim_login_over_verified_tls(own_vcsim):
         assert si.content.sessionManager.currentSession.userName == own_vcsim.username
     finally:
         Disconnect(si)
+    # The short name logs in too (default SSO domain vsphere.local), as on a real vCenter.
+    short = own_vcsim.username.split("@")[0]
+    si = SmartConnect(host=own_vcsim.host, port=own_vcsim.port, user=short, pwd=own_vcsim.password,
+                      sslContext=ssl.create_default_context(cafile=str(own_vcsim.ca_file)))
+    Disconnect(si)
     assert own_vcsim.handshake["govmomi_version"] == _pinned("github.com/vmware/govmomi", "vcsim")
     env = own_vcsim.env()
     assert env["VMWARE_HOST"] == "127.0.0.1" and env["VMWARE_PORT"] == str(own_vcsim.port)
@@ -303,20 +333,27 @@ def test_vcsim_login_over_verified_tls(own_vcsim):
 
 
 def test_vcsim_tls_verification_and_pinning(own_vcsim):
-    from pyVim.connect import Disconnect, SmartConnect  # pylint: disable=import-outside-toplevel
+    from pyVim.connect import Connect, Disconnect, SmartConnect  # pylint: disable=import-outside-toplevel
+    from pyVmomi import vim  # pylint: disable=import-outside-toplevel
 
     args = dict(host=own_vcsim.host, port=own_vcsim.port, user=own_vcsim.username, pwd=own_vcsim.password)
     # The system trust store does not know the test CA: verification must fail.
     with pytest.raises(ssl.SSLCertVerificationError):
         SmartConnect(sslContext=ssl.create_default_context(), **args)
-    # Pinning the server certificate works without the CA ...
-    si = SmartConnect(serverPemCert=own_vcsim.cert_file.read_text(), **args)
+    # pyVmomi consults a pin (serverPemCert / thumbprint) only when the chain check fails, and
+    # only in Connect() (SmartConnect's version probe ignores pins): the right pin passes ...
+    si = Connect(sslContext=ssl.create_default_context(), serverPemCert=own_vcsim.cert_file.read_text(), **args)
     Disconnect(si)
-    # ... and a wrong thumbprint is refused.
-    wrong = ":".join(["00"] * 20)
-    with pytest.raises(Exception) as err:
-        SmartConnect(thumbprint=wrong, **args)
-    assert "thumbprint" in str(err.value).lower()
+    si = Connect(sslContext=ssl.create_default_context(), thumbprint=own_vcsim.thumbprint_sha1, **args)
+    Disconnect(si)
+    # ... and a wrong one is refused.
+    with pytest.raises(vim.fault.HostConnectFault) as err:
+        Connect(sslContext=ssl.create_default_context(), thumbprint=":".join(["00"] * 20), **args)
+    assert "thumbprint mismatch" in err.value.msg
+    # Trap (pyVmomi 9.1): without an sslContext, SmartConnect to 127.0.0.1/localhost does not
+    # verify at all, whatever the pin says. Code that means to verify must pass a context.
+    si = SmartConnect(thumbprint=":".join(["00"] * 20), **args)
+    Disconnect(si)
 
 
 def test_vcsim_rejects_a_wrong_password(own_vcsim):

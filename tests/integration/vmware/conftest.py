@@ -154,3 +154,27 @@ def assert_clean_failure(result, run, kind=None, words=()):
     for word in words:
         assert word in result["msg"], result["msg"]
 
+
+
+def run_tasks(run_playbook, tasks, env=None):
+    """Run several module calls in ONE ansible-playbook (one Ansible start-up).
+
+    ``tasks``: list of ``(module, args)`` or ``(module, args, task_keywords)`` (for example
+    ``{"check_mode": True, "diff": True}``). Failures do not stop the play. Returns the list of
+    per-task results (in order) and the run.
+    """
+    import json  # pylint: disable=import-outside-toplevel
+
+    play_tasks = []
+    for index, item in enumerate(tasks):
+        module, args = item[0], item[1]
+        extra = item[2] if len(item) > 2 else {}
+        name = module if "." in module else "cbt.toolkit.%s" % module
+        task = {"name": "task %d %s" % (index, module), name: args, "ignore_errors": True}
+        task.update(extra)
+        play_tasks.append(task)
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": play_tasks}]
+    run = run_playbook(json.dumps(play) + "\n", env=env)
+    results = run.task_results()
+    assert len(results) == len(tasks), run
+    return results, run

@@ -10,7 +10,6 @@ package main
 import (
 	"crypto/rand"
 	"fmt"
-	"math/bits"
 	"regexp"
 	"strconv"
 	"strings"
@@ -101,14 +100,6 @@ func (b *bitmap) test(i int64) bool {
 		return false
 	}
 	return b.words[i/64]&(1<<uint(i%64)) != 0
-}
-
-func (b *bitmap) count() int64 {
-	var c int64
-	for _, w := range b.words {
-		c += int64(bits.OnesCount64(w))
-	}
-	return c
 }
 
 // unionRange ORs the words covering blocks lo..hi of each source into a new bitmap of size n.

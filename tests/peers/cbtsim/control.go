@@ -7,11 +7,13 @@ package main
 // See README.md for the reference.
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log"
 	"net/http"
 	"slices"
@@ -66,10 +68,53 @@ func serveJSON(h handlerFunc) http.HandlerFunc {
 	}
 }
 
+// numericKeys are the request fields that may also arrive as numeric strings (Ansible's
+// uri module often templates numbers into strings).
+var numericKeys = map[string]bool{
+	"offset": true, "length": true, "seed": true, "disk_key": true, "count": true, "page_limit": true,
+	"page_window": true, "block_size": true, "size": true, "chunk": true, "random_percent": true,
+	"zero_regions": true,
+}
+
+func coerceNumbers(v any, key string) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			x[k] = coerceNumbers(e, k)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = coerceNumbers(e, key)
+		}
+	case string:
+		if numericKeys[key] {
+			t := strings.TrimSpace(x)
+			if _, err := strconv.ParseFloat(t, 64); err == nil {
+				return json.Number(t)
+			}
+		}
+	}
+	return v
+}
+
 func decodeBody(r *http.Request, v any) error {
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	raw, err := io.ReadAll(io.LimitReader(r.Body, 1<<30))
+	if err != nil {
+		return badRequest("request body: %v", err)
+	}
+	var generic any
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&generic); err != nil {
+		return badRequest("request body: %v", err)
+	}
+	norm, err := json.Marshal(coerceNumbers(generic, ""))
+	if err != nil {
+		return badRequest("request body: %v", err)
+	}
+	strict := json.NewDecoder(bytes.NewReader(norm))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(v); err != nil {
 		return badRequest("request body: %v", err)
 	}
 	return nil

@@ -55,8 +55,8 @@ func (s *Sim) hook(ctx *simulator.Context, m *simulator.Method) (mo.Reference, t
 			return s.fire(ctx, m, r)
 		}
 	}
-	if m.Name == "Fetch" {
-		m.This = s.proxyRef // see proxy.Fetch
+	if m.Name == "Fetch" && ctx.Session.UserName != "" {
+		m.This = s.proxyRef // see proxy.Fetch (the in-process client never uses Fetch)
 		return nil, nil
 	}
 	switch m.This.Type {

@@ -799,6 +799,10 @@ func (p *proxy) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soa
 // values a real VM without FT / record-replay reports when it is registered.
 
 func (p *proxy) PutObject(_ *simulator.Context, obj mo.Reference) {
+	if t, ok := obj.(*simulator.Task); ok {
+		t.Info.Name = wsdlTaskName(t.Info.Name)
+		return
+	}
 	if vm, ok := obj.(*simulator.VirtualMachine); ok {
 		if vm.Runtime.FaultToleranceState == "" {
 			vm.Runtime.FaultToleranceState = types.VirtualMachineFaultToleranceStateNotConfigured
@@ -808,6 +812,23 @@ func (p *proxy) PutObject(_ *simulator.Context, obj mo.Reference) {
 		}
 		vm.Summary.Runtime = vm.Runtime
 	}
+}
+
+var vimTypes = types.TypeFunc()
+
+// wsdlTaskName turns vcsim's task names ("PowerOn", "ReconfigVm", "CreateSnapshotEx") into
+// the WSDL method names vCenter reports ("PowerOnVM_Task", ...), which pyVmomi resolves; an
+// unresolvable name makes pyVim's WaitForTask fail while the task is still running.
+func wsdlTaskName(name string) string {
+	if name == "" || strings.HasSuffix(name, "_Task") {
+		return name
+	}
+	for _, c := range []string{name + "_Task", strings.ReplaceAll(name, "Vm", "VM") + "_Task", name + "VM_Task"} {
+		if _, ok := vimTypes(c); ok {
+			return c
+		}
+	}
+	return name
 }
 
 func (p *proxy) UpdateObject(*simulator.Context, mo.Reference, []types.PropertyChange) {}

@@ -21,7 +21,6 @@ import (
 	"github.com/vmware/govmomi/object"
 	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25"
-	"github.com/vmware/govmomi/vim25/mo"
 	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
@@ -885,6 +884,3 @@ func faultFromSoap(f *soap.Fault) *vimErr {
 	}
 	return &vimErr{&types.SystemError{Reason: f.String}, f.String}
 }
-
-// asMo is a helper to satisfy mo.Reference in a few generic spots.
-var _ mo.Reference = (*simulator.VirtualMachine)(nil)

@@ -136,6 +136,8 @@ def test_sidecar_status_reports_containers_and_readiness():
     (dict(driver="Bad_Name"), "not a valid Driver name"),
     (dict(namespace="Not-A-Namespace"), "namespace"),
     (dict(service_port=70000), "service_port"),
+    (dict(service_port=0), "service_port 0"),
+    (dict(wait_timeout=-1), "wait_timeout"),
     (dict(sidecar_image="nope nope"), "sidecar_image"),
     (dict(cert_validity_days=20, cert_renew_before_days=30), "cert_validity_days"),
     (dict(ca_validity_days=100, cert_validity_days=365), "ca_validity_days"),

@@ -285,7 +285,7 @@ def test_read_error_reports_offset_and_keeps_state(tmp_path, images, monkeypatch
     assert "offset %d" % (5 * MiB) in str(err.value) and "Errno 5" in str(err.value)
     state = json.loads(open(_state_file(tmp_path)).read())
     assert state["status"] == "running"
-    assert not extlib.subtract([(5 * MiB, MiB)], [tuple(d) for d in state["done"]]) == []
+    assert extlib.subtract([(5 * MiB, MiB)], [tuple(d) for d in state["done"]]) != []
     status = json.loads(open(_state_file(tmp_path).replace(".json", ".status.json")).read())
     assert status["state"] == "failed" and "offset" in status["message"]
     # the resume state file is unchanged by a second failing run

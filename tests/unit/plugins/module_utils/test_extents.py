@@ -55,7 +55,7 @@ def test_coalesce_split_total():
 
 def test_subtract_matches_a_brute_force_model():
     rnd = random.Random(7)
-    for _ in range(200):
+    for _round in range(200):
         def ranges():
             pts = sorted(rnd.sample(range(200), rnd.randrange(0, 12) * 2))
             return [(pts[i], pts[i + 1] - pts[i]) for i in range(0, len(pts), 2)]

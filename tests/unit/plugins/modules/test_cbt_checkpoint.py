@@ -28,8 +28,14 @@ class Fail(Exception):
 
 @pytest.fixture(autouse=True)
 def no_exit(monkeypatch):
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", lambda self, **kw: (_ for _ in ()).throw(Exit(kw)))
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", lambda self, **kw: (_ for _ in ()).throw(Fail(kw)))
+    def exit_json(self, **kw):
+        raise Exit(kw)
+
+    def fail_json(self, **kw):
+        raise Fail(kw)
+
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
 
 
 def run(module, args, expect=Exit):
