@@ -169,7 +169,7 @@ def main() -> int:
         argv = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory),
                 str(REPO / "playbooks" / "vm_migration.yml")] + args.ansible_args
         log_path = migration / "ansible.log"
-        print("\nRunning: %s\n  (full output: %s)" % (" ".join(argv[1:]).replace(str(REPO) + "/", ""), log_path),
+        print("\nRunning: ansible-playbook %s\n  (full output: %s)" % (" ".join(argv[1:]).replace(str(REPO) + "/", ""), log_path),
               flush=True)
         rc = run_playbook(argv, env, log_path)
 

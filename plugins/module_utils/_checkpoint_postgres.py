@@ -46,11 +46,11 @@ class PostgresStore(SqlStore):
 
     def __init__(self, dsn, password=None, table="cbt_checkpoints", connect_timeout=10, create=True):
         SqlStore.__init__(self, table)
-        if psycopg is None:
-            raise MissingLibrary("psycopg (3) or psycopg2", PSYCOPG_IMPORT_ERROR)
         if not dsn:
             raise CheckpointError("backend postgresql needs postgresql_dsn (for example "
                                   "'host=db.example.com dbname=cbt user=cbt' or 'postgresql://cbt@db/cbt')")
+        if psycopg is None:
+            raise MissingLibrary("psycopg (3) or psycopg2", PSYCOPG_IMPORT_ERROR)
         kwargs = {"connect_timeout": int(connect_timeout)}
         if password:
             kwargs["password"] = password

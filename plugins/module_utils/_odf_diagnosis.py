@@ -758,7 +758,7 @@ def diagnose(st, facts):
                 "secret_present": facts.tls_secret is not None if facts.secrets_readable else None,
                 "certificate": None}
     crt = secret_text(facts.tls_secret, "tls.crt")
-    if crt:
+    if crt and tls.HAS_CRYPTOGRAPHY:
         try:
             tls_info["certificate"] = tls.cert_info(crt)
         except tls.TlsError:

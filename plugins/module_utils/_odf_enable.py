@@ -307,11 +307,7 @@ class Engine(object):
         ns = st.namespace
         ca_path = api_path("", "v1", "secrets", st.ca_secret_name, ns)
         tls_path = api_path("", "v1", "secrets", st.tls_secret_name, ns)
-        for secret, opt in ((facts.ca_secret, "ca_secret_name"), (facts.tls_secret, "tls_secret_name")):
-            origin = (_meta(secret).get("annotations") or {}).get(dg.SERVICE_CA_ORIGIN_ANNOTATION)
-            if secret is not None and not is_ours(secret) and origin != st.service_name:
-                raise EnableError("Secret %s/%s exists and was not created by cbt.toolkit: choose another %s "
-                                  "or delete it" % (ns, _meta(secret).get("name"), opt))
+        self.check_self_managed_secrets(facts)
         ca_crt = dg.secret_text(facts.ca_secret, "tls.crt") if is_ours(facts.ca_secret) else None
         ca_key = dg.secret_text(facts.ca_secret, "tls.key") if is_ours(facts.ca_secret) else None
         ca_problems = tls.ca_problems(ca_crt, ca_key, st.cert_renew_before_days)
@@ -356,6 +352,15 @@ class Engine(object):
             "ca_not_after": tls.cert_info(ca_crt)["not_after"],
         }
         return ca_crt
+
+    def check_self_managed_secrets(self, facts):
+        """Secrets in the way that this module must not overwrite."""
+        st = self.st
+        for secret, opt in ((facts.ca_secret, "ca_secret_name"), (facts.tls_secret, "tls_secret_name")):
+            origin = (_meta(secret).get("annotations") or {}).get(dg.SERVICE_CA_ORIGIN_ANNOTATION)
+            if secret is not None and not is_ours(secret) and origin != st.service_name:
+                raise EnableError("Secret %s/%s exists and was not created by cbt.toolkit: choose another %s "
+                                  "or delete it" % (st.namespace, _meta(secret).get("name"), opt))
 
     def drop_self_managed_tls(self, facts):
         """Switching to the OpenShift service CA: our generated Secrets would block it."""
@@ -620,25 +625,18 @@ class Engine(object):
         required = diagnosis["crd"]["required_versions"] or ([prof["sms_api_version"]]
                                                              if prof.get("sms_api_version") else [])
 
-        # 1. CRD
-        self.ensure_crd(facts, required)
-        if self.check_mode and facts.crd is None:
-            facts.sms_served_versions = list(crds.KNOWN_VERSIONS)
-        elif not self.check_mode:
-            crd = self.api.get(self.crd_path()) if facts.crd_readable else None
-            if crd is not None:
-                facts.sms_served_versions = crds.served_versions(crd)
-
-        # 2. TLS and Service
+        # 0. everything that can fail on input is checked before the first change
         address = st.address or st.default_address()
         audience = st.audience
         tls_entry = dg.tls_volume_of(facts.driver)
         _, cur_secret = dg.volume_secret(tls_entry)
+        ca_pem = None
         if provider == "odf":
             values = dg.odf_configmap_values(facts.odf_configmap)
             if not values:
                 raise EnableError("tls_provider=odf needs ConfigMap %s/%s with address and caCert (created by "
-                                  "ocs-client-operator in ODF 4.23 and later)" % (st.namespace, st.driver))
+                                  "ocs-client-operator in ODF 4.23 and later); use tls_provider=service_ca or "
+                                  "self_managed" % (st.namespace, st.driver))
             address = st.address or values[0]
             audience = st.audience if st.audience != st.driver or not values[1] else values[1]
             ca_pem = values[2]
@@ -646,7 +644,6 @@ class Engine(object):
                 raise EnableError("tls_provider=odf but Driver %s has no '%s' volume yet: ocs-client-operator adds it "
                                   "in ODF 4.23 and later; wait for it or use tls_provider=service_ca"
                                   % (st.driver, dg.TLS_VOLUME))
-            self.tls_result = {"provider": "odf", "secret_name": cur_secret}
         else:
             if tls_entry is not None and cur_secret not in (st.tls_secret_name, None):
                 raise EnableError("Driver %s already has a '%s' volume using Secret %s, not %s: this module does "
@@ -660,17 +657,36 @@ class Engine(object):
                     raise EnableError("tls_provider=service_ca but ConfigMap %s/%s has no %s: is the OpenShift "
                                       "service CA operator running?" % (st.namespace, dg.OPENSHIFT_CA_CONFIGMAP,
                                                                         dg.OPENSHIFT_CA_KEY))
-                self.drop_self_managed_tls(facts)
-                self.ensure_service(facts, provider)
-                self.tls_result = {"provider": "service_ca", "secret_name": st.tls_secret_name,
-                                   "ca_configmap": dg.OPENSHIFT_CA_CONFIGMAP}
-                crt = dg.secret_text(facts.tls_secret, "tls.crt")
-                if crt:
-                    info = tls.cert_info(crt)
-                    self.tls_result.update(not_after=info["not_after"], dns_names=info["dns_names"])
-            else:
-                self.ensure_service(facts, provider)      # first: drops a service CA annotation of ours
-                ca_pem = self.ensure_self_managed_tls(facts)
+            if facts.service is not None and not is_ours(facts.service):
+                raise EnableError("Service %s/%s exists and was not created by cbt.toolkit: choose another "
+                                  "service_name or delete it" % (st.namespace, st.service_name))
+            if provider == "self_managed":
+                self.check_self_managed_secrets(facts)
+
+        # 1. CRD
+        self.ensure_crd(facts, required)
+        if self.check_mode and facts.crd is None:
+            facts.sms_served_versions = list(crds.KNOWN_VERSIONS)
+        elif not self.check_mode:
+            crd = self.api.get(self.crd_path()) if facts.crd_readable else None
+            if crd is not None:
+                facts.sms_served_versions = crds.served_versions(crd)
+
+        # 2. TLS and Service
+        if provider == "odf":
+            self.tls_result = {"provider": "odf", "secret_name": cur_secret}
+        elif provider == "service_ca":
+            self.drop_self_managed_tls(facts)
+            self.ensure_service(facts, provider)
+            self.tls_result = {"provider": "service_ca", "secret_name": st.tls_secret_name,
+                               "ca_configmap": dg.OPENSHIFT_CA_CONFIGMAP}
+            crt = dg.secret_text(facts.tls_secret, "tls.crt")
+            if crt:
+                info = tls.cert_info(crt)
+                self.tls_result.update(not_after=info["not_after"], dns_names=info["dns_names"])
+        else:
+            self.ensure_service(facts, provider)      # first: drops a service CA annotation of ours
+            ca_pem = self.ensure_self_managed_tls(facts)
 
         # 3. SnapshotMetadataService
         self.ensure_sms(facts, prof, address, audience, ca_pem)

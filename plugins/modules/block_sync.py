@@ -36,7 +36,7 @@ description:
     (C(ansible_python_interpreter=/usr/bin/python3)) on such hosts. Files and block devices need nothing
     beyond the Python standard library.
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 requirements:
   - Linux (C(fallocate), C(SEEK_DATA), block-device ioctls).
   - libnbd Python binding (module C(nbd)) when O(src) or O(dest) is an NBD URL.
@@ -171,7 +171,7 @@ options:
     description:
       - An identifier of this change point, for example the VMware changeId or the CSI snapshot id.
       - When a previous run with the same O(sync_id), source, target, mode and extents completed, the task does
-        nothing and reports RV(already_complete=true), RV(changed=false). Without it, every run copies again.
+        nothing and reports RV(already_complete=true) and C(changed=false). Without it, every run copies again.
     type: str
   request_size:
     description:

@@ -19,11 +19,11 @@ description:
   - Advancing is a compare-and-set on the previous value (O(expected_previous) or O(expected_generation)), so
     two pipelines cannot both advance from the same point; the loser fails with a conflict naming what is
     stored. Every change is kept in a history for audit.
-  - Re-running a task that already advanced to O(change_id) changes nothing (RV(changed=false)).
+  - Re-running a task that already advanced to O(change_id) changes nothing (C(changed=false)).
   - Backends - a SQLite file (default), PostgreSQL, or a Kubernetes ConfigMap. Use
     M(cbt.toolkit.cbt_checkpoint_info) to read.
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 requirements:
   - C(psycopg) (3) or C(psycopg2) for O(backend=postgresql).
   - C(kubernetes) for O(backend=configmap).

@@ -17,7 +17,7 @@ description:
     and optionally the history of advances.
   - Never writes; a missing SQLite file or ConfigMap reads as an empty store.
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 requirements:
   - C(psycopg) (3) or C(psycopg2) for O(backend=postgresql).
   - C(kubernetes) for O(backend=configmap).

@@ -233,10 +233,12 @@ def run(m):
     disks = snapshot_disks(client, snap["ref"], "reading the disks of snapshot %s of VM %s" % (snap_text, text))
     disk = [d for d in disks if d["key"] == p["disk_key"]]
     live = [d for d in describe_disks(record["props"].get("config.hardware.device") or []) if d["key"] == p["disk_key"]]
-    if not disk and live and not live[0]["eligible"]:
-        raise CbtError("disk %d '%s' (%s) of VM %s is not part of snapshot %s: %s; its changes cannot be queried, "
-                       "copy it another way" % (live[0]["key"], live[0]["label"], live[0]["file"], text, snap_text,
-                                                live[0]["reason"]), kind="unsupported")
+    ineligible = (disk or live or [None])[0]
+    if ineligible is not None and not ineligible["eligible"]:
+        raise CbtError("disk %d '%s' (%s) of VM %s cannot be tracked by CBT (%s); it is not captured by snapshot %s "
+                       "either, so its changes cannot be queried: copy it another way"
+                       % (ineligible["key"], ineligible["label"], ineligible["file"], text, ineligible["reason"],
+                          snap_text), kind="unsupported")
     if not disk:
         raise CbtError("VM %s has no disk with key %d at snapshot %s; disks: %s"
                        % (text, p["disk_key"], snap_text,
@@ -266,9 +268,6 @@ def run(m):
             writer = ExtentFileWriter(p["extent_file"], metadata=dict(metadata, full_sync_required="false"))
         collector = ExtentCollector(capacity, gap=p["coalesce_gap"], max_results=p["max_results"],
                                     sink=writer.add if writer else None)
-        if not disk["eligible"]:
-            raise FullSyncRequired("disk %d '%s' cannot be tracked by CBT (%s); copy the whole disk"
-                                   % (disk["key"], disk["label"], disk["reason"]))
         check_change_id_lineage(change_id, disk, snap_text)
         what = "querying the changed areas of disk %d of VM %s at snapshot %s" % (disk["key"], text, snap_text)
         for _start, _length, areas in iter_changed_areas(client, vm, snap["ref"], disk["key"], capacity, change_id, what):

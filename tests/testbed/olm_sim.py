@@ -195,14 +195,20 @@ class Kube:
     def __init__(self, cluster):
         self.base = cluster.host.rstrip("/")
         self.session = requests.Session()
-        self.session.verify = str(cluster.ca_file)
+        self.session.trust_env = False   # REQUESTS_CA_BUNDLE would override the cluster CA
+        self.verify = str(cluster.ca_file)
         self.session.cert = (str(cluster.admin_cert_file), str(cluster.admin_key_file))
 
     def request(self, method, path, body=None, params=None, content_type="application/json", ok404=False):
-        resp = self.session.request(method, self.base + path, params=params,
-                                    data=None if body is None else json.dumps(body),
-                                    headers={"Content-Type": content_type, "Accept": "application/json"},
-                                    timeout=30)
+        for attempt in range(20):
+            resp = self.session.request(method, self.base + path, params=params,
+                                        data=None if body is None else json.dumps(body),
+                                        headers={"Content-Type": content_type, "Accept": "application/json"},
+                                        verify=self.verify, timeout=30)
+            # 429 "storage is (re)initializing" follows CRD changes for a moment.
+            if resp.status_code != 429 or attempt == 19:
+                break
+            time.sleep(0.25)
         if resp.status_code == 404 and ok404:
             return None
         if resp.status_code >= 400:
@@ -250,7 +256,7 @@ class Kube:
             still = []
             for name in pending:
                 crd = self.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/%s" % name) or {}
-                conds = {c["type"]: c["status"] for c in crd.get("status", {}).get("conditions", [])}
+                conds = {c["type"]: c["status"] for c in (crd.get("status") or {}).get("conditions") or []}
                 if conds.get("Established") != "True" or crd.get("metadata", {}).get("deletionTimestamp"):
                     still.append(name)
             pending = still
@@ -314,15 +320,28 @@ class OlmSim:
 
     def _run(self):
         while not self._stop.is_set():
-            try:
-                self.reconcile_once()
-            except Exception as exc:  # pylint: disable=broad-except
-                msg = "%s: %s\n%s" % (type(exc).__name__, exc, traceback.format_exc())
-                with self._lock:
-                    self.errors.append(msg)
-                with open(self.log, "a") as handle:
-                    handle.write("ERROR " + msg + "\n")
+            self.reconcile_once()
             self._stop.wait(self.interval)
+
+    def _guard(self, step, *args):
+        """Run one reconcile step; record unexpected errors without stopping the other steps."""
+        try:
+            step(*args)
+        except ApiError as exc:
+            if exc.status == 403 and "being terminated" in str(exc):
+                return   # a controller writing into a terminating namespace: refused, as in a real cluster
+            if exc.status == 404 and "namespaces" in str(exc) and "not found" in str(exc):
+                return   # acting on a list taken before the namespace went away
+            self._error(exc)
+        except Exception as exc:  # pylint: disable=broad-except
+            self._error(exc)
+
+    def _error(self, exc):
+        msg = "%s: %s\n%s" % (type(exc).__name__, exc, traceback.format_exc())
+        with self._lock:
+            self.errors.append(msg)
+        with open(self.log, "a") as handle:
+            handle.write("ERROR " + msg + "\n")
 
     def events_matching(self, text: str) -> list:
         with self._lock:
@@ -334,28 +353,44 @@ class OlmSim:
     # ---- one pass -------------------------------------------------------------------------------
 
     def reconcile_once(self):
-        k = self.kube
-        for cs in k.list(res_path("%s/v1alpha1" % OLM_GROUP, "catalogsources")):
-            self._catalog_source(cs)
-        for sub in k.list(res_path("%s/v1alpha1" % OLM_GROUP, "subscriptions")):
-            self._subscription(sub)
-        for ip in k.list(res_path("%s/v1alpha1" % OLM_GROUP, "installplans")):
-            self._install_plan(ip)
-        csvs = k.list(res_path("%s/v1alpha1" % OLM_GROUP, "clusterserviceversions"))
+        k, g = self.kube, self._guard
+        lists = {}
+
+        def fetch(key, path, label_selector=None):
+            lists[key] = k.list(path, label_selector=label_selector)
+
+        g(fetch, "catalogsources", res_path("%s/v1alpha1" % OLM_GROUP, "catalogsources"))
+        for cs in lists.get("catalogsources", []):
+            g(self._catalog_source, cs)
+        g(fetch, "subscriptions", res_path("%s/v1alpha1" % OLM_GROUP, "subscriptions"))
+        for sub in lists.get("subscriptions", []):
+            g(self._subscription, sub)
+        g(fetch, "installplans", res_path("%s/v1alpha1" % OLM_GROUP, "installplans"))
+        for ip in lists.get("installplans", []):
+            g(self._install_plan, ip)
+        g(fetch, "csvs", res_path("%s/v1alpha1" % OLM_GROUP, "clusterserviceversions"))
+        csvs = lists.get("csvs")
+        if csvs is None:
+            return
         for csv in csvs:
-            self._csv(csv)
-        self._garbage_collect(csvs)
-        for dep in k.list("/apis/apps/v1/deployments", label_selector="olm.owner"):
-            self._deployment(dep)
-        for sc in k.list(res_path("ocs.openshift.io/v1", "storageclusters")):
-            self._storage_cluster(sc, csvs)
-        for cp in k.list(res_path("csi.ceph.io/v1", "clientprofiles")):
-            self._client_profile(cp, csvs)
-        for cm in k.list("/api/v1/configmaps", label_selector="cbt.testbed/ocs-client-config"):
-            self._client_config(cm)
-        for ns in k.list("/api/v1/namespaces"):
+            g(self._csv, csv)
+        g(self._garbage_collect, csvs)
+        g(fetch, "deployments", "/apis/apps/v1/deployments", "olm.owner")
+        for dep in lists.get("deployments", []):
+            g(self._deployment, dep)
+        g(fetch, "storageclusters", res_path("ocs.openshift.io/v1", "storageclusters"))
+        for sc in lists.get("storageclusters", []):
+            g(self._storage_cluster, sc, csvs)
+        g(fetch, "clientprofiles", res_path("csi.ceph.io/v1", "clientprofiles"))
+        for cp in lists.get("clientprofiles", []):
+            g(self._client_profile, cp, csvs)
+        g(fetch, "configmaps", "/api/v1/configmaps", "cbt.testbed/ocs-client-config")
+        for cm in lists.get("configmaps", []):
+            g(self._client_config, cm)
+        g(fetch, "namespaces", "/api/v1/namespaces")
+        for ns in lists.get("namespaces", []):
             if ns["metadata"].get("deletionTimestamp"):
-                self._terminate_namespace(ns)
+                g(self._terminate_namespace, ns)
 
     # ---- OLM ------------------------------------------------------------------------------------
 

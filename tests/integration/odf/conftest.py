@@ -39,3 +39,17 @@ def k8s_bed():
     yield bed
     bed.stop()
     bed.cluster.stop()
+
+
+@pytest.fixture
+def own_odf():
+    """``own_odf(bed, namespace, version, **kw)`` -> (driver, operator); the operator stops after the test."""
+    started = []
+
+    def make(bed, namespace, version, **kw):
+        driver, op = bed.setup_odf(namespace, version, **kw)
+        started.append((bed, op))
+        return driver, op
+    yield make
+    for bed, op in started:
+        bed.retire(op)

@@ -109,6 +109,12 @@ class Bed:
         for loop in self.loops:
             loop.stop()
 
+    def retire(self, loop):
+        """Stop a test's own controller (fewer pollers for the next tests); report its errors."""
+        loop.stop()
+        self.loops.remove(loop)
+        loop.check()
+
     # -- objects ---------------------------------------------------------------------------------
     def get(self, path):
         return self.rest.get(path)
@@ -175,7 +181,7 @@ class Bed:
             "apiVersion": "csi.ceph.io/v1", "kind": "Driver", "metadata": {"name": driver},
             "spec": {"controllerPlugin": {"replicas": replicas}}})
         op = FakeCephCsiOperator(self.cluster.api_client(), ns, profile, scc_name="ceph-csi-op-scc" if self.openshift else None,
-                                 log_name="fake-ceph-csi-operator-%s-%s" % (self.cluster.name, ns)).start()
+                                 poll=0.3, log_name="fake-ceph-csi-operator-%s-%s" % (self.cluster.name, ns)).start()
         self.loops.append(op)
         self.wait_for("ctrlplugin of %s" % driver, lambda: (self.deployment(ns, driver) or {}).get("status", {})
                       .get("readyReplicas") == replicas)
@@ -211,7 +217,8 @@ def start_bed(name, openshift, olm=True, extra=()):
                 "apiVersion": "security.openshift.io/v1", "kind": "SecurityContextConstraints",
                 "metadata": {"name": "ceph-csi-op-scc"}, "volumes": list(SCC_420),
                 "allowHostDirVolumePlugin": True, "allowPrivilegedContainer": True})
-            bed.loops.append(FakeServiceCA(cluster.api_client(), log_name="fake-service-ca-%s" % name).start())
+            bed.loops.append(FakeServiceCA(cluster.api_client(), poll=0.3,
+                                           log_name="fake-service-ca-%s" % name).start())
     except BaseException:
         bed.stop()
         cluster.stop()

@@ -13,9 +13,9 @@ VOLUME = {"volume": {"name": "tls-key", "projected": {"sources": [{"secret": {"n
           "mount": {"name": "tls-key", "mountPath": "/tmp/certificates", "readOnly": True}}
 
 
-def test_trap_is_real_detected_explained_and_fixed(trap_bed, run_module):
+def test_trap_is_real_detected_explained_and_fixed(trap_bed, own_odf, run_module):
     ns = "trap420"
-    driver, op = trap_bed.setup_odf(ns, "4.20.0")
+    driver, op = own_odf(trap_bed, ns, "4.20.0")
     drv_path = "/apis/csi.ceph.io/v1/namespaces/%s/drivers/%s" % (ns, driver)
 
     # 1. the trap is real: a v1beta1 SMS plus the tls-key volume, and still no sidecar
@@ -76,10 +76,10 @@ def test_trap_is_real_detected_explained_and_fixed(trap_bed, run_module):
     trap_bed.check_loops()
 
 
-def test_v1beta1_reader_is_happy_with_the_v1beta1_crd(trap_bed, run_module):
+def test_v1beta1_reader_is_happy_with_the_v1beta1_crd(trap_bed, own_odf, run_module):
     """ODF 4.23 reads v1beta1: the same CRD is fine, no trap reported, nothing added to the CRD."""
     ns = "trap423"
-    driver, _ = trap_bed.setup_odf(ns, "4.23.0")
+    driver, _ = own_odf(trap_bed, ns, "4.23.0")
     crd_rv = trap_bed.crd()["metadata"]["resourceVersion"]
     res, run = run_module(ENABLE, trap_bed.run_args(driver=driver, namespace=ns,
                                                     sidecar_image="registry.k8s.io/sig-storage/"

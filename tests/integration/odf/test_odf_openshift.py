@@ -8,6 +8,7 @@ import base64
 import json
 
 import pytest
+import yaml
 
 from odf_bed import failed, ok
 
@@ -31,8 +32,8 @@ def odf420(ocp_bed):
     return ocp_bed.setup_odf("odf420", "4.20.0")
 
 
-def test_odf_419_diagnosis_and_no_changes(ocp_bed, run_module):
-    driver, op = ocp_bed.setup_odf("odf419", "4.19.0")
+def test_odf_419_diagnosis_and_no_changes(ocp_bed, own_odf, run_module):
+    driver, op = own_odf(ocp_bed, "odf419", "4.19.0")
     before = _snapshot(ocp_bed, "odf419", driver)
     assert len(before["containers"]) == 8
 
@@ -56,9 +57,9 @@ def test_odf_419_diagnosis_and_no_changes(ocp_bed, run_module):
     assert op.reconciles[driver] == 1
 
 
-def test_odf_420_image_without_cbt_code_is_explained(ocp_bed, run_module):
+def test_odf_420_image_without_cbt_code_is_explained(ocp_bed, own_odf, run_module):
     """The seed's case: ODF 4.20 whose cephcsi-operator image predates PR #274 (8 containers, not 9)."""
-    driver, _ = ocp_bed.setup_odf("odf420old", "4.20.0", cbt_code=False)
+    driver, _ = own_odf(ocp_bed, "odf420old", "4.20.0", cbt_code=False)
     before = _snapshot(ocp_bed, "odf420old", driver)
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace="odf420old"))
     failed(res, run)
@@ -158,11 +159,11 @@ def test_enable_idempotent_diff_and_absent(ocp_bed, odf420, run_module):
     ocp_bed.check_loops()
 
 
-def test_sms_created_after_the_volume_needs_a_reconcile_trigger(ocp_bed, run_module):
+def test_sms_created_after_the_volume_needs_a_reconcile_trigger(ocp_bed, own_odf, run_module):
     """The operator does not watch SnapshotMetadataService objects: with the tls-key volume already on the
     Driver, creating the SMS alone changes nothing until the module triggers a reconcile."""
     ns = "odf420late"
-    driver, op = ocp_bed.setup_odf(ns, "4.21.0")
+    driver, op = own_odf(ocp_bed, ns, "4.21.0")
     ocp_bed.rest.merge("/apis/csi.ceph.io/v1/namespaces/%s/drivers/%s" % (ns, driver), {"spec": {"controllerPlugin": {
         "volumes": [{"volume": {"name": "tls-key", "projected": {"sources": [
             {"secret": {"name": "csi-snapshot-metadata-tls"}}]}},
@@ -199,14 +200,14 @@ def test_sms_created_after_the_volume_needs_a_reconcile_trigger(ocp_bed, run_mod
         ocp_bed.driver(ns, driver)["metadata"].get("annotations") or {})
 
 
-def test_scc_refusing_secret_volume_times_out_with_containers_and_events(ocp_bed, run_module):
+def test_scc_refusing_secret_volume_times_out_with_containers_and_events(ocp_bed, own_odf, run_module):
     ns = "odf420scc"
-    driver, _ = ocp_bed.setup_odf(ns, "4.20.0")
+    driver, _ = own_odf(ocp_bed, ns, "4.20.0")
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns, tls_volume_type="secret",
-                                                   wait_timeout=8))
+                                                   wait_timeout=6))
     failed(res, run)
     msg = res["msg"]
-    assert msg.startswith("timed out after 8 s waiting for the csi-snapshot-metadata container of Deployment "
+    assert msg.startswith("timed out after 6 s waiting for the csi-snapshot-metadata container of Deployment "
                           "%s/%s-ctrlplugin to be ready" % (ns, driver)), msg
     assert "Containers: csi-rbdplugin, csi-provisioner" in msg and SIDECAR in msg
     assert "FailedCreate" in msg and "secret volumes are not allowed to be used" in msg
@@ -222,7 +223,7 @@ def test_scc_refusing_secret_volume_times_out_with_containers_and_events(ocp_bed
     assert ocp_bed.ours(ns) == []
 
 
-@pytest.mark.parametrize("overrides, words", [
+BAD_INPUT = [
     (dict(driver="unknown.rbd.csi.ceph.com"), "Driver unknown.rbd.csi.ceph.com not found in namespace odf420 "
                                               "(Drivers there: odf420.rbd.csi.ceph.com)"),
     (dict(namespace="no-such-namespace"), "namespace no-such-namespace does not exist"),
@@ -230,14 +231,28 @@ def test_scc_refusing_secret_volume_times_out_with_containers_and_events(ocp_bed
     (dict(sidecar_image="registry.k8s.io/sig-storage/csi-snapshot-metadata"), "has neither a tag nor a digest"),
     (dict(driver="odf420.cephfs.csi.ceph.com"), "implemented by the RBD driver only"),
     (dict(service_port=0), "service_port 0 is not a TCP port"),
-])
-def test_bad_input_fails_cleanly(ocp_bed, odf420, run_module, overrides, words):
+    (dict(cert_validity_days=10), "cert_validity_days (10) must be larger than cert_renew_before_days (30)"),
+    (dict(tls_provider="odf"), "tls_provider=odf needs ConfigMap odf420/odf420.rbd.csi.ceph.com"),
+]
+
+
+def test_bad_input_fails_cleanly(ocp_bed, odf420, run_playbook):
+    """Every bad input fails with a message naming the value and what to do, and changes nothing.
+    (One playbook with a task per case: one Ansible start-up instead of one per case.)"""
     driver, _ = odf420
     before = _snapshot(ocp_bed, "odf420", driver)
-    args = ocp_bed.run_args(driver=driver, namespace="odf420")
-    args.update(overrides)
-    res, run = run_module(ENABLE, args)
-    assert words in failed(res, run)
+    tasks = []
+    for overrides, _words in BAD_INPUT:
+        args = ocp_bed.run_args(driver=driver, namespace="odf420")
+        args.update(overrides)
+        tasks.append({"name": "bad input %s" % json.dumps(overrides), "cbt.toolkit.odf_cbt_enable": args,
+                      "ignore_errors": True})
+    run = run_playbook(yaml.safe_dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
+    results = run.task_results()
+    assert len(results) == len(BAD_INPUT), run
+    for (overrides, words), res in zip(BAD_INPUT, results):
+        assert words in failed(res, run), (overrides, res.get("msg"))
+        assert res.get("changed") is False, (overrides, res)
     assert _snapshot(ocp_bed, "odf420", driver) == before
 
 

@@ -325,14 +325,12 @@ def test_query_faults_session_expiry_and_bad_input(run_tasks_env, sim):
     ]
     results, run = run_tasks_env(tasks)
     fault, perm, session, key, independent, nosnap, malformed, future = results[4:]
-    for res in results[4:]:
-        print(res["_task"], res.get("failed"), res.get("msg"), res.get("invocation", {}).get("module_args", {}).get("disk_key"))
     assert fault["full_sync_required"] is True and fault["fault"] == "FileFault", run
     assert_clean_failure(perm, run, "permission_denied", ["'VirtualMachine.Provisioning.DiskRandomRead'"])
     assert session.get("failed") is not True and session["full_sync_required"] is False, session.get("msg")
     assert session["extents"] == [{"offset": MiB, "length": 65536}]
     assert_clean_failure(key, run, "not_found", ["no disk with key 4242", "2000 (Hard disk 1"])
-    assert_clean_failure(independent, run, "unsupported", ["independent", "not part of snapshot"])
+    assert_clean_failure(independent, run, "unsupported", ["independent", "cannot be tracked", "copy it another way"])
     assert_clean_failure(nosnap, run, "not_found", ["snapshot 'nope' not found", "'a' ("])
     assert_clean_failure(malformed, run, "invalid_argument", ["16 hex bytes"])
     assert future["full_sync_required"] is True and future["fault"] == "FileFault"

@@ -1,0 +1,151 @@
+# -*- coding: utf-8 -*-
+# Copyright: cbt.toolkit contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""vmware_cbt_info over many VMs: one PropertyCollector retrieval against one-at-a-time lookups.
+
+Starts the plain vCenter simulator with ``--vms`` VMs (default 1000) and, in one run, measures:
+
+  bulk          the module's code path: ONE RetrievePropertiesEx (+ continuation pages) for every VM,
+                with disks and inventory paths (collect_vms + vm_facts)
+  per-vm        the same facts looked up one VM at a time, done efficiently: FindByInventoryPath +
+                one RetrievePropertiesEx with the same property paths, per VM
+  per-vm-naive  one VM at a time the way most pyVmomi scripts (and the seed appliance's status
+                endpoint) do it: find the VM, then read vm.name, vm.config, vm.runtime.powerState ...
+                (one round trip per attribute)
+  module        the real module through ``ansible`` (process start-up included)
+
+Prints medians, min/max and the ratios; never fails on a slow result.
+
+    ~/.cache/cbt-toolkit/venv/bin/python benchmarks/vmware/bench_cbt_info.py [--vms 1000] [--repeat 5]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from testbed import ansible_run  # noqa: E402 pylint: disable=wrong-import-position
+from testbed.vcsim import Vcsim  # noqa: E402 pylint: disable=wrong-import-position
+
+sys.path.insert(0, str(ansible_run.collections_root()))
+
+from pyVmomi import vim, vmodl  # noqa: E402 pylint: disable=wrong-import-position
+
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import (  # noqa: E402
+    VmwareClient, object_spec, property_spec)
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import (  # noqa: E402
+    VM_PROPERTIES, collect_vms, vm_facts)
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def timed(func, repeat):
+    samples = []
+    result = None
+    for _ in range(repeat):
+        began = time.perf_counter()
+        result = func()
+        samples.append(time.perf_counter() - began)
+    return samples, result
+
+
+def describe(name, samples):
+    return "%-13s median %7.3f s  min %7.3f  max %7.3f  (n=%d)" % (
+        name, statistics.median(samples), min(samples), max(samples), len(samples))
+
+
+def bulk(client):
+    return [vm_facts(r) for r in collect_vms(client, include_disks=True)]
+
+
+def per_vm(client, paths):
+    out = []
+    search = client.content.searchIndex
+    for path in paths:
+        vm = search.FindByInventoryPath(path.lstrip("/"))
+        rows = client.retrieve([object_spec(vm)], [property_spec(vim.VirtualMachine, VM_PROPERTIES)])
+        out.append(rows[0][1].get("name"))
+    return out
+
+
+def per_vm_naive(client, paths):
+    out = []
+    search = client.content.searchIndex
+    for path in paths:
+        vm = search.FindByInventoryPath(path.lstrip("/"))
+        config = vm.config  # the whole ConfigInfo, one round trip
+        power = client.properties(vm, ["runtime.powerState"])  # whole vm.runtime cannot be parsed from vcsim
+        supported = vm.capability.changeTrackingSupported
+        out.append((vm.name, config.changeTrackingEnabled, power, supported, len(config.hardware.device)))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vms", type=int, default=1000, help="number of VMs (even; half per resource pool)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--per-vm-repeat", type=int, default=1, help="repeats of the one-at-a-time baselines")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+
+    per_pool = max(1, args.vms // 2)  # default model: one standalone host + one cluster = two pools
+    sim = Vcsim(name="bench-info", username="bench", extra_args=["-vm", str(per_pool)]).start()
+    figures = {}
+    try:
+        client = VmwareClient(sim.host, sim.username, sim.password, port=sim.port, ca_cert=str(sim.ca_file)).connect()
+        facts = bulk(client)
+        count = len(facts)
+        paths = [f["path"] for f in facts]
+        log("simulator: %s, %d VMs (govmomi %s)" % (sim.url, count, sim.handshake.get("govmomi_version")))
+        log("load average at start: %s" % (os.getloadavg(),))
+
+        s_bulk, _ = timed(lambda: bulk(client), args.repeat)
+        log(describe("bulk", s_bulk))
+        s_one, names = timed(lambda: per_vm(client, paths), args.per_vm_repeat)
+        assert len(names) == count
+        log(describe("per-vm", s_one))
+        s_naive, _ = timed(lambda: per_vm_naive(client, paths), args.per_vm_repeat)
+        log(describe("per-vm-naive", s_naive))
+
+        env = sim.env(validate_certs=True)
+        s_module = []
+        for _ in range(max(1, args.repeat // 2)):
+            began = time.perf_counter()
+            result, run = ansible_run.run_module("vmware_cbt_info", {"include_disks": True}, env=env)
+            s_module.append(time.perf_counter() - began)
+            if result.get("count") != count:
+                raise SystemExit("module run failed: %r" % run)
+        log(describe("module", s_module))
+        client.close()
+
+        med = dict((k, statistics.median(v)) for k, v in
+                   (("bulk", s_bulk), ("per_vm", s_one), ("per_vm_naive", s_naive), ("module", s_module)))
+        log("")
+        log("VMs: %d" % count)
+        log("bulk retrieval:          %.3f s  (%.2f ms per VM)" % (med["bulk"], 1000 * med["bulk"] / count))
+        log("module through ansible:  %.3f s  (target: under 3 s)" % med["module"])
+        log("ratio per-vm / bulk:        %6.1fx  (target: at least 20x)" % (med["per_vm"] / med["bulk"]))
+        log("ratio per-vm-naive / bulk:  %6.1fx" % (med["per_vm_naive"] / med["bulk"]))
+        log("ratio per-vm / module run:  %6.1fx" % (med["per_vm"] / med["module"]))
+        figures = {"vms": count, "median_seconds": med, "samples": {"bulk": s_bulk, "per_vm": s_one,
+                                                                     "per_vm_naive": s_naive, "module": s_module},
+                   "ratio_per_vm_over_bulk": med["per_vm"] / med["bulk"],
+                   "ratio_naive_over_bulk": med["per_vm_naive"] / med["bulk"],
+                   "load_average": os.getloadavg()}
+    finally:
+        sim.stop()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(figures, handle, indent=2)
+
+
+if __name__ == "__main__":
+    main()
