@@ -629,7 +629,7 @@ class Engine(object):
         address = st.address or st.default_address()
         audience = st.audience
         tls_entry = dg.tls_volume_of(facts.driver)
-        _, cur_secret = dg.volume_secret(tls_entry)
+        cur_secret = dg.volume_secret(tls_entry)[1]
         ca_pem = None
         if provider == "odf":
             values = dg.odf_configmap_values(facts.odf_configmap)

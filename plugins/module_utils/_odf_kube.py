@@ -23,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - Python 2 is not supported by this collection
     from urllib import quote, urlencode  # type: ignore
 
-from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import ApiException, api_error_message
+from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import HAS_KUBERNETES, ApiException, api_error_message
 
 FIELD_MANAGER = "cbt.toolkit"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -132,10 +132,11 @@ class KubeApi(object):
         what = what or "%s %s" % (method, path)
         try:
             status, reason, data = self._raw(method, path, query=query, body=body, content_type=content_type)
-        except ApiException as exc:
-            raise KubeError(getattr(exc, "status", 0) or 0, getattr(exc, "reason", ""),
-                            getattr(exc, "body", None), what, method, path)
-        except Exception as exc:  # urllib3 / socket errors: the server was not reached
+        except Exception as exc:  # pylint: disable=broad-except
+            if HAS_KUBERNETES and isinstance(exc, ApiException):
+                raise KubeError(getattr(exc, "status", 0) or 0, getattr(exc, "reason", ""),
+                                getattr(exc, "body", None), what, method, path)
+            # urllib3 / socket / TLS errors: the server was not reached
             raise KubeError(0, "%s: %s" % (type(exc).__name__, exc), None, what, method, path)
         text = data.decode("utf-8") if isinstance(data, bytes) else (data or "")
         if not 200 <= int(status) <= 299:

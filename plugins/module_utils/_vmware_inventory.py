@@ -22,6 +22,10 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
     vim,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_fastretrieve import (
+    FastPathUnavailable,
+    retrieve_views,
+)
 
 # Read on every VM the CBT modules look at. Explicit paths only (see _vmware_client).
 VM_PROPERTIES = [
@@ -247,11 +251,19 @@ def _format_matches(matches):
     return "; ".join("%s (moid %s)" % (m["path"], m["moid"]) for m in matches)
 
 
-def collect_vms(client, container=None, refs=None, include_disks=True, page_size=None):
+# Use the fast reader (_vmware_fastretrieve) for whole-scope retrievals; False forces pyVmomi.
+FAST_RETRIEVE = True
+
+ENTITY_PATHS = (("Folder", ["name", "parent"]), ("Datacenter", ["name", "parent"]),
+                ("VirtualApp", ["name", "parentFolder", "parentVApp"]))
+
+
+def collect_vms(client, container=None, refs=None, include_disks=True, page_size=None, fast=None):
     """All VMs below ``container`` (or exactly ``refs``) with their CBT-relevant properties and
     inventory paths, in ONE PropertyCollector retrieval. Returns a list of dicts
     ``{"ref", "moid", "props", "missing", "path"}``."""
     paths = VM_PROPERTIES if include_disks else VM_PROPERTIES_NO_DISKS
+    fast = FAST_RETRIEVE if fast is None else fast
     views = []
     try:
         if refs is not None:
@@ -263,9 +275,17 @@ def collect_vms(client, container=None, refs=None, include_disks=True, page_size
         ent_view = client.container_view(client.content.rootFolder,
                                          [vim.Folder, vim.Datacenter, vim.VirtualApp], True)
         views.append(ent_view)
-        specs = vm_specs + [object_spec(ent_view, skip=True, select_set=[view_traversal()])]
-        rows = client.retrieve(specs, [property_spec(vim.VirtualMachine, paths)] + _entity_specs(),
-                               what="reading VM properties", page_size=page_size)
+        rows = None
+        if fast and refs is None:
+            try:
+                rows = retrieve_views(client, views, [("VirtualMachine", paths)] + list(ENTITY_PATHS),
+                                      page_size=page_size)
+            except FastPathUnavailable:
+                rows = None
+        if rows is None:
+            specs = vm_specs + [object_spec(ent_view, skip=True, select_set=[view_traversal()])]
+            rows = client.retrieve(specs, [property_spec(vim.VirtualMachine, paths)] + _entity_specs(),
+                                   what="reading VM properties", page_size=page_size)
     finally:
         for view in views:
             client.destroy_view(view)

@@ -67,7 +67,7 @@ def _now():
 
 
 def _suffix(n=5):
-    return "".join(random.choice(string.ascii_lowercase + string.digits) for _ in range(n))
+    return "".join(random.choice(string.ascii_lowercase + string.digits) for _unused in range(n))
 
 
 class ApiError(Exception):
@@ -87,8 +87,8 @@ class Rest:
         if query:
             path += "?" + urlencode(query)
         headers = {"Accept": "application/json", "Content-Type": content_type}
-        method, url, hdrs, _, _ = self.client.param_serialize(method, path, header_params=headers,
-                                                               auth_settings=["BearerToken"])
+        serialized = self.client.param_serialize(method, path, header_params=headers, auth_settings=["BearerToken"])
+        method, url, hdrs = serialized[0], serialized[1], serialized[2]
         resp = self.client.call_api(method, url, header_params=hdrs,
                                     body=body, _request_timeout=30)
         resp.read()
@@ -308,8 +308,8 @@ class FakeCephCsiOperator(_Loop):
     def _ensure_sa(self, ns, name):
         if self.rest.get(_ns_path(ns, "serviceaccounts", name)) is None:
             try:
-                self.rest.create(_ns_path(ns, "serviceaccounts"), {"apiVersion": "v1", "kind": "ServiceAccount",
-                                                                  "metadata": {"name": name}})
+                self.rest.create(_ns_path(ns, "serviceaccounts"),
+                                 {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
             except ApiError as exc:
                 if exc.status != 409:
                     raise
@@ -530,7 +530,7 @@ class FakeCephCsiOperator(_Loop):
                 return
             for pod in old:
                 self.rest.delete(_ns_path(ns, "pods", pod["metadata"]["name"]))
-            for _ in range(replicas - len(current)):
+            for _unused in range(replicas - len(current)):
                 labels = dict(template["metadata"].get("labels") or {}, **{"pod-template-hash": thash})
                 pod = self.rest.create(_ns_path(ns, "pods"), {
                     "apiVersion": "v1", "kind": "Pod",

@@ -224,5 +224,3 @@ def start_bed(name, openshift, olm=True, extra=()):
         cluster.stop()
         raise
     return bed
-
-

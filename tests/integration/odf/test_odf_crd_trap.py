@@ -79,7 +79,7 @@ def test_trap_is_real_detected_explained_and_fixed(trap_bed, own_odf, run_module
 def test_v1beta1_reader_is_happy_with_the_v1beta1_crd(trap_bed, own_odf, run_module):
     """ODF 4.23 reads v1beta1: the same CRD is fine, no trap reported, nothing added to the CRD."""
     ns = "trap423"
-    driver, _ = own_odf(trap_bed, ns, "4.23.0")
+    driver = own_odf(trap_bed, ns, "4.23.0")[0]
     crd_rv = trap_bed.crd()["metadata"]["resourceVersion"]
     res, run = run_module(ENABLE, trap_bed.run_args(driver=driver, namespace=ns,
                                                     sidecar_image="registry.k8s.io/sig-storage/"

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from odf_bed import failed, ok
+from odf_bed import ok
 from testbed.odf_operator import OperatorProfile
 
 ENABLE = "odf_cbt_enable"

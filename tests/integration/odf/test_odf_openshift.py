@@ -59,7 +59,7 @@ def test_odf_419_diagnosis_and_no_changes(ocp_bed, own_odf, run_module):
 
 def test_odf_420_image_without_cbt_code_is_explained(ocp_bed, own_odf, run_module):
     """The seed's case: ODF 4.20 whose cephcsi-operator image predates PR #274 (8 containers, not 9)."""
-    driver, _ = own_odf(ocp_bed, "odf420old", "4.20.0", cbt_code=False)
+    driver = own_odf(ocp_bed, "odf420old", "4.20.0", cbt_code=False)[0]
     before = _snapshot(ocp_bed, "odf420old", driver)
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace="odf420old"))
     failed(res, run)
@@ -72,7 +72,7 @@ def test_odf_420_image_without_cbt_code_is_explained(ocp_bed, own_odf, run_modul
 
 
 def test_check_mode_changes_nothing(ocp_bed, odf420, run_module):
-    driver, _ = odf420
+    driver = odf420[0]
     before = _snapshot(ocp_bed, "odf420", driver)
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace="odf420"), check=True, diff=True)
     ok(res, run)
@@ -202,7 +202,7 @@ def test_sms_created_after_the_volume_needs_a_reconcile_trigger(ocp_bed, own_odf
 
 def test_scc_refusing_secret_volume_times_out_with_containers_and_events(ocp_bed, own_odf, run_module):
     ns = "odf420scc"
-    driver, _ = own_odf(ocp_bed, ns, "4.20.0")
+    driver = own_odf(ocp_bed, ns, "4.20.0")[0]
     res, run = run_module(ENABLE, ocp_bed.run_args(driver=driver, namespace=ns, tls_volume_type="secret",
                                                    wait_timeout=6))
     failed(res, run)
@@ -239,7 +239,7 @@ BAD_INPUT = [
 def test_bad_input_fails_cleanly(ocp_bed, odf420, run_playbook):
     """Every bad input fails with a message naming the value and what to do, and changes nothing.
     (One playbook with a task per case: one Ansible start-up instead of one per case.)"""
-    driver, _ = odf420
+    driver = odf420[0]
     before = _snapshot(ocp_bed, "odf420", driver)
     tasks = []
     for overrides, _words in BAD_INPUT:
@@ -257,7 +257,7 @@ def test_bad_input_fails_cleanly(ocp_bed, odf420, run_playbook):
 
 
 def test_rbac_read_only_user(ocp_bed, odf420, run_module):
-    driver, _ = odf420
+    driver = odf420[0]
     ocp_bed.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "odf-viewer"},
         "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list", "watch"]}]})

@@ -60,3 +60,48 @@ def task_durations(run):
                 secs = (datetime.datetime.strptime(dur["end"], fmt) - datetime.datetime.strptime(dur["start"], fmt)).total_seconds()
                 out.append((round(secs, 2), task["task"]["name"]))
     return sorted(out, reverse=True)
+
+
+INSTALL_PLAYBOOK = """
+- name: Install ODF
+  hosts: localhost
+  gather_facts: false
+  roles:
+    - role: cbt.toolkit.odf_install
+"""
+
+UNINSTALL_PLAYBOOK = """
+- name: Uninstall ODF
+  hosts: localhost
+  gather_facts: false
+  roles:
+    - role: cbt.toolkit.odf_uninstall
+"""
+
+STORAGE_NODES = ["worker-0", "worker-1", "worker-2"]
+
+
+def install_vars(env, **extra):
+    """Variables for cbt.toolkit.odf_install against the test cluster (4.20 catalog by default)."""
+    out = {
+        "odf_install_k8s_auth": env.auth,
+        "odf_install_catalog_source_image": "quay.io/cbt-test/odf-catalog:4.20",
+        "odf_install_device_set_storage_class": "gp3-csi",
+        "odf_install_storage_nodes": list(STORAGE_NODES),
+        "odf_install_poll_interval": 1,
+    }
+    out.update(extra)
+    return out
+
+
+def uninstall_vars(env, **extra):
+    out = {"odf_uninstall_k8s_auth": env.auth, "odf_uninstall_poll_interval": 1}
+    out.update(extra)
+    return out
+
+
+def install_odf(env, run_playbook, **extra):
+    """Install ODF with the role (the real path) and check it got Ready."""
+    run = run_playbook(INSTALL_PLAYBOOK, extra_vars=install_vars(env, **extra))
+    assert_ok(run)
+    return run

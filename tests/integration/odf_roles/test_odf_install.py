@@ -8,31 +8,12 @@ from __future__ import annotations
 
 import pytest
 
-from odf_roles_util import assert_idempotent, assert_ok, changed_tasks, failure_messages, fact, recap
+from odf_roles_util import INSTALL_PLAYBOOK as INSTALL
+from odf_roles_util import assert_idempotent, assert_ok, changed_tasks, failure_messages, fact, install_vars, recap
 from testbed.olm_sim import odf_catalog, res_path
 
 NS = "openshift-storage"
 CSVS_420 = [b.csv for b in odf_catalog("4.20")]
-
-INSTALL = """
-- name: Install ODF
-  hosts: localhost
-  gather_facts: false
-  roles:
-    - role: cbt.toolkit.odf_install
-"""
-
-
-def install_vars(env, **extra):
-    out = {
-        "odf_install_k8s_auth": env.auth,
-        "odf_install_catalog_source_image": "quay.io/cbt-test/odf-catalog:4.20",
-        "odf_install_device_set_storage_class": "gp3-csi",
-        "odf_install_storage_nodes": ["worker-0", "worker-1", "worker-2"],
-        "odf_install_poll_interval": 1,
-    }
-    out.update(extra)
-    return out
 
 
 def csv_phases(env, ns=NS):
