@@ -57,6 +57,10 @@ def migrate(sim: CbtSim, out: Path, inventory: Path, extra_vars: dict | None = N
     env.update({"CBTSIM_API_URL": sim.control_url, "VM_MIGRATION_OUTPUT_DIR": str(out), "ANSIBLE_FORKS": "10"})
     run = run_playbook(str(PLAYBOOK), extra_vars=extra_vars, inventory=str(inventory), env=env, limit=limit,
                        timeout=timeout)
+    # keep the whole Ansible output next to the report for post-mortems
+    index = len(list(out.glob("ansible-run-*.json"))) + 1
+    (out / ("ansible-run-%d.json" % index)).write_text(run.stdout)
+    (out / ("ansible-run-%d.stderr" % index)).write_text(run.stderr)
     report = out / "report" / "report.json"
     return run, (json.loads(report.read_text()) if report.exists() else None)
 
