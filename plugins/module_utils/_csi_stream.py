@@ -39,8 +39,13 @@ _PERMANENT_MARKERS = (
     "failed to authenticate user",
     "failed to authorize the user",
     "failed to find the SnapshotMetadataService CR",
+)
+# TLS failures as grpc core reports them (bad CA, certificate not naming the host, handshake errors).
+_TLS_MARKERS = (
     "CERTIFICATE_VERIFY_FAILED",
     "certificate verify failed",
+    "Hostname Verification Check failed",
+    "verification check failed",
     "Ssl handshake failed",
     "TSI_",
     "SSL_ERROR",
@@ -72,7 +77,7 @@ class SnapshotMetadataError(Exception):
 def is_permanent(code, details):
     if code not in RETRYABLE_CODES:
         return True
-    return any(marker in (details or "") for marker in _PERMANENT_MARKERS)
+    return any(marker in (details or "") for marker in _PERMANENT_MARKERS + _TLS_MARKERS)
 
 
 def looks_like_v010(details, namespace, base_handle):
@@ -138,8 +143,7 @@ def explain(code, details, ctx):
         msg = ("%s: the sidecar looked up a VolumeSnapshot named after the base snapshot handle (%s): it is "
                "sidecar v0.1.0, which expects the base snapshot *name*; set base_snapshot_mode: name (or auto) "
                "and pass base_snapshot" % (what, d))
-    elif code == "UNAVAILABLE" and ("handshake" in d or "CERTIFICATE_VERIFY_FAILED" in d or "TSI_" in d
-                                    or "certificate verify failed" in d or "SSL_ERROR" in d):
+    elif code == "UNAVAILABLE" and any(marker in d for marker in _TLS_MARKERS):
         msg = ("%s: TLS verification of %s failed: %s; the CA must be the one in the SnapshotMetadataService "
                "spec.caCert (or sms_ca_cert) and the server certificate must name '%s'"
                % (what, where, d, ctx.get("server_name")))

@@ -147,7 +147,8 @@ def classify_operator(version, sms_permission):
         out["reason"] = ("cephcsi-operator %s predates snapshot-metadata support: the csi-snapshot-metadata "
                          "sidecar came with ceph-csi-operator PR #274, first in ODF 4.20. Upgrade ODF to 4.20 "
                          "or later (or run a custom cephcsi-operator image built from red-hat-storage/"
-                         "ceph-csi-operator release-4.20 or later)" % vtxt)
+                         "ceph-csi-operator release-4.20 or later: roles cbt.toolkit.cephcsi_operator_build and "
+                         "cbt.toolkit.cephcsi_operator_deploy)" % vtxt)
         return out
     if version >= (4, 24, 0):
         out.update(supports_cbt=True, trigger="tls_volume", sms_api_version="v1beta1", passes_audience=True)
@@ -159,8 +160,8 @@ def classify_operator(version, sms_permission):
                          "no access to snapshotmetadataservices.cbt.storage.k8s.io, so its image was built "
                          "before ceph-csi-operator PR #274 and never adds the csi-snapshot-metadata container. "
                          "Build a custom cephcsi-operator image from red-hat-storage/ceph-csi-operator "
-                         "release-%d.%d and patch the cephcsi-operator CSV with it (see the collection's "
-                         "cephcsi build/deploy roles), then re-run" % (vtxt, version[0], version[1]))
+                         "release-%d.%d and patch the cephcsi-operator CSV with it (roles cbt.toolkit.cephcsi_operator_build "
+                         "and cbt.toolkit.cephcsi_operator_deploy), then re-run" % (vtxt, version[0], version[1]))
         return out
     out["supports_cbt"] = True if sms_permission else None
     if sms_permission is None:

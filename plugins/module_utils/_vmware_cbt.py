@@ -32,7 +32,6 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import (
     ChangeIdError,
     describe_disks,
-    disks_by_key,
     parse_change_id,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import (

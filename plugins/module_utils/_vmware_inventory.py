@@ -45,6 +45,7 @@ VM_PROPERTIES = [
 ]
 VM_PROPERTIES_NO_DISKS = [p for p in VM_PROPERTIES if p != "config.hardware.device"]
 
+
 def _entity_specs():
     return [
         property_spec(vim.Folder, ["name", "parent"]),
@@ -320,7 +321,7 @@ def hw_version_number(version):
     if not version:
         return None
     text = str(version)
-    digits = text.split("-")[-1]
+    digits = text.rsplit("-", maxsplit=1)[-1]
     try:
         return int(digits)
     except ValueError:

@@ -30,7 +30,7 @@ description:
     failed login, TLS verification, a missing privilege (which is named), a failed reconfiguration, a failed
     initialisation snapshot and a disk still without C(changeId).
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 extends_documentation_fragment:
   - cbt.toolkit.vmware
   - cbt.toolkit.vmware.vm_identity

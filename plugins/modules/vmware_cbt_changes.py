@@ -23,11 +23,13 @@ description:
     snapshot (CBT was reset), or the disk has no changeId. vSphere answers C(FileFault), C(NotFound),
     C(InvalidArgument) or C(MethodNotFound) (no C(QueryChangedDiskAreas), for example plain vcsim). A
     window makes no progress or leaves a gap. RV(extents) then covers the whole disk.
+  - A disk CBT cannot track (independent, physical-compatibility RDM, Ver1) is an error; snapshots do not
+    capture it either, so it has to be copied another way.
   - Extents are sorted, merged and optionally coalesced (O(coalesce_gap)). They can be written to O(extent_file)
     in the collection's shared extent format, which M(cbt.toolkit.block_sync) reads.
-  - Read-only. RV(changed) is always V(false).
+  - Read-only. The result's C(changed) is always V(false).
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 extends_documentation_fragment:
   - cbt.toolkit.vmware
   - cbt.toolkit.vmware.vm_identity
@@ -278,8 +280,8 @@ def run(m):
     except FullSyncRequired as full:
         if writer is not None:
             writer.abort()
-            writer = ExtentFileWriter(p["extent_file"], metadata=dict(metadata, full_sync_required="true",
-                                                                     reason=full.reason))
+            full_metadata = dict(metadata, full_sync_required="true", reason=full.reason)
+            writer = ExtentFileWriter(p["extent_file"], metadata=full_metadata)
         collector = ExtentCollector(capacity, max_results=p["max_results"], sink=writer.add if writer else None)
         collector.add(0, capacity)
         collector.finish()
@@ -303,7 +305,7 @@ def main():
     m = VmwareModule(
         argument_spec=dict(
             snapshot=dict(type="str", required=True),
-            disk_key=dict(type="int", required=True),
+            disk_key=dict(type="int", required=True, no_log=False),
             change_id=dict(type="str", required=True),
             extent_file=dict(type="path"),
             coalesce_gap=dict(type="int", default=0),

@@ -20,7 +20,7 @@ description:
   - Each VM also carries the fields of the CBT status endpoint of the migration appliance this collection
     replaces (C(enabled), C(vm_name), C(power_state), C(vm_path)). Credentials never appear in a URL.
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 extends_documentation_fragment:
   - cbt.toolkit.vmware
   - ansible.builtin.action_common_attributes

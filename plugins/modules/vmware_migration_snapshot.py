@@ -21,7 +21,7 @@ description:
     flags the VM for consolidation, for a disk consolidation too, so that the next snapshot never overlaps a
     running consolidation (the Forklift MTV-1656 data corruption).
 author:
-  - cbt.toolkit maintainers
+  - cbt.toolkit maintainers (@cbt-toolkit)
 extends_documentation_fragment:
   - cbt.toolkit.vmware
   - cbt.toolkit.vmware.vm_identity
@@ -169,10 +169,9 @@ def _lookup(snapshots, ident, text, allow_moid):
             return by_moid[0]
     matches = [s for s in snapshots if s["name"] == ident]
     if len(matches) > 1:
+        listed = ", ".join("%s (created %s)" % (s["moid"], s["create_time"]) for s in matches)
         raise CbtError("VM %s has %d snapshots named '%s': %s; remove the extra ones by moid (state: absent, "
-                       "snapshot_name: <moid>)" % (text, len(matches), ident,
-                                                    ", ".join("%s (created %s)" % (s["moid"], s["create_time"])
-                                                              for s in matches)), kind="ambiguous")
+                       "snapshot_name: <moid>)" % (text, len(matches), ident, listed), kind="ambiguous")
     return matches[0] if matches else None
 
 

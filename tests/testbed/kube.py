@@ -152,7 +152,9 @@ def write_private(path: Path, data: bytes) -> Path:
 # --------------------------------------------------------------------------------------------
 
 def _kubeconfig(server: str, ca_pem: bytes, cert: bytes, key: bytes, user: str, cluster: str) -> dict:
-    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    def b64(data):
+        return base64.b64encode(data).decode()
+
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -340,8 +342,7 @@ class KubeCluster:
             return status == 200 and body.strip() == b"ok"
 
         self.apiserver.wait_ready(ready, timeout=self.start_timeout, what="ready (GET %s/readyz)" % self.host)
-        status, body = self._get("/version")
-        self.version = json.loads(body)
+        self.version = json.loads(self._get("/version")[1])
 
     def _write_admin_kubeconfig(self) -> None:
         self.kubeconfig = self._write_kubeconfig(

@@ -13,7 +13,7 @@ cannot do on demand.
 
 import pytest
 
-from csi_helpers import NAMESPACE, start_bed, uid  # pylint: disable=import-error
+from csi_helpers import SA, start_bed, uid  # pylint: disable=import-error
 from fake_sms import FakeSnapshotMetadata  # pylint: disable=import-error
 from testbed.csi import ServingCert
 
@@ -46,23 +46,32 @@ def alpha_bed():
 
 
 class FakeService:
-    """A fake SnapshotMetadata server registered as the SMS of its own driver in a bed."""
+    """A fake SnapshotMetadata server registered as the SMS of its own driver in a bed, with its own
+    namespace (holding ServiceAccount backup-client allowed to get VolumeSnapshots)."""
 
     def __init__(self, bed, base_field="handle", sms=True, tls=None):
         self.bed = bed
+        self.namespace = bed.bed.namespace(uid("fake"))
+        bed.bed.service_account(self.namespace, SA)
         self.driver = "%s.fake.cbt.toolkit.io" % uid("drv")
-        self.tls = tls or ServingCert(["fake-sms.csi-driver.svc", "localhost"])
-        self.server = FakeSnapshotMetadata(self.tls.cert_pem, self.tls.key_pem, namespace=NAMESPACE,
+        self.service = uid("fake-sms")
+        self.host = "%s.csi-driver.svc" % self.service
+        self.tls = tls or ServingCert([self.host, "localhost"])
+        self.server = FakeSnapshotMetadata(self.tls.cert_pem, self.tls.key_pem, namespace=self.namespace,
                                            base_field=base_field).start()
-        self.address = "fake-sms.csi-driver.svc:%d" % self.server.port
+        self.address = "%s:%d" % (self.host, self.server.port)
         if sms:
             bed.bed.create_sms(self.driver, self.address, "fake-audience", self.tls.ca_pem)
 
     def snapshot(self, name, volume, pvc="pvc-fake", handle=None, ready=True):
         handle = handle or "fh-%s" % name
         self.server.add_snapshot(name, handle, volume)
-        self.bed.bed.publish_snapshot(NAMESPACE, name, self.driver, handle, pvc=pvc, ready=ready)
+        self.bed.bed.publish_snapshot(self.namespace, name, self.driver, handle, pvc=pvc, ready=ready)
         return handle
+
+    def workload(self, image):
+        """Service, Deployment and EndpointSlice behind the address (objects only)."""
+        self.bed.bed.sidecar_workload("csi-driver", self.service, self.server.port, image, app=self.service)
 
     def stop(self):
         self.server.stop()

@@ -150,6 +150,8 @@ class FakeSnapshotMetadata:
         self.delay = 0.0                       # seconds before each message
         self.corrupt = None                    # callable(messages: list[(type, cap, tuples)]) -> same
         self.rejected_tokens: set = set()
+        self.token_streams = 0                 # >0: a token is rejected after this many streams
+        self.echo_token_in_errors = False      # a careless server that puts the token in its errors
         self.requests: list[dict] = []
         self.tokens: list[str] = []
         self._lock = threading.Lock()
@@ -195,8 +197,12 @@ class FakeSnapshotMetadata:
             self.tokens.append(token)
         if not token:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "securityToken is missing")
+        if self.token_streams and self.tokens.count(token) > self.token_streams:
+            self.rejected_tokens.add(token)
         if token in self.rejected_tokens:
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "unauthenticated user")
+        if self.echo_token_in_errors:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "token %s is not welcome here" % token)
         if not req.get(2):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "namespace parameter cannot be empty")
         if self.final_error is not None:

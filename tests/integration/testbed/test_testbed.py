@@ -94,7 +94,7 @@ def test_kubeconfig_and_env_point_at_the_cluster(kube_cluster):
             assert resp.status == 200
 
 
-def test_crd_and_custom_resource_round_trip(kube_cluster, admin):
+def test_crd_and_custom_resource_round_trip(admin):
     group = "%s.testbed.cbt.example.com" % uuid.uuid4().hex[:8]
     plural = "widgets"
     crd = {
@@ -154,7 +154,7 @@ def _try_create(custom, group, ns, plural, body):
         raise
 
 
-def test_token_request_and_token_review_with_audiences(kube_cluster, admin):
+def test_token_request_and_token_review_with_audiences(admin):
     ns = _namespace(admin)
     core = client.CoreV1Api(admin)
     core.create_namespaced_service_account(ns, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="reader")))
@@ -182,7 +182,7 @@ def test_token_request_and_token_review_with_audiences(kube_cluster, admin):
     assert not tampered.status.authenticated
 
 
-def test_subject_access_review_denied_then_allowed_by_rolebinding(kube_cluster, admin):
+def test_subject_access_review_denied_then_allowed_by_rolebinding(admin):
     ns = _namespace(admin)
     user = _unique("sar-user")
     authz = client.AuthorizationV1Api(admin)
