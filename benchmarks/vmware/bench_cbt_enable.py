@@ -9,7 +9,9 @@ and waits on each task with WaitForUpdatesEx instead of the clock. In one run th
 powered-on VM with CBT off:
 
   engine   the module's code path in-process (connect once; reconfigure + stun cycle + checks)
-  module   the real module through ``ansible`` (process start-up, login and logout included)
+  module   the real module through ``ansible``, one VM per run (process start-up, login and logout
+           included: mostly Ansible's own start-up)
+  playbook one ``ansible-playbook`` run looping the module over all its VMs; wall time / VMs
   seed     the seed's sequence with its fixed 5 s sleep, for comparison (same API calls otherwise)
 
 Prints medians and ratios; never fails on a slow result.
@@ -83,8 +85,9 @@ def main():
     sim = CbtSim(name="bench-enable", vms=0).start()
     figures = {}
     try:
-        names = {"engine": [], "module": [], "seed": []}
-        for path, count in (("engine", args.vms), ("module", args.vms), ("seed", args.seed_vms)):
+        names = {"engine": [], "module": [], "playbook": [], "seed": []}
+        for path, count in (("engine", args.vms), ("module", args.vms), ("playbook", args.vms),
+                            ("seed", args.seed_vms)):
             for i in range(count):
                 name = "%s-%02d" % (path, i)
                 sim.create_vm(name, disks=[args.disk_size, args.disk_size // 2])
@@ -93,7 +96,7 @@ def main():
         log("load average at start: %s" % (os.getloadavg(),))
 
         client = VmwareClient(sim.host, sim.username, sim.password, port=sim.port, ca_cert=str(sim.ca_file)).connect()
-        samples = {"engine": [], "module": [], "seed": []}
+        samples = {"engine": [], "module": [], "playbook": [], "seed": []}
         for name in names["engine"]:
             began = time.perf_counter()
             engine_enable(client, name)
@@ -107,13 +110,22 @@ def main():
             if not result.get("cbt_initialized"):
                 raise SystemExit("module run failed: %r" % run)
         log(describe("module", samples["module"]))
+        play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+            {"name": "enable", "cbt.toolkit.vmware_cbt": {"name": "{{ item }}"}, "loop": names["playbook"]}]}]
+        began = time.perf_counter()
+        run = ansible_run.run_playbook(json.dumps(play) + "\n", env=env)
+        per_vm = (time.perf_counter() - began) / len(names["playbook"])
+        if run.rc != 0:
+            raise SystemExit("playbook run failed: %r" % run)
+        samples["playbook"] = [per_vm]
+        log(describe("playbook", samples["playbook"]) + "  (wall time / VMs of one run)")
         for name in names["seed"]:
             began = time.perf_counter()
             seed_enable(client, name)
             samples["seed"].append(time.perf_counter() - began)
         log(describe("seed", samples["seed"]))
         client.close()
-        for path in ("engine", "module", "seed"):
+        for path in ("engine", "module", "playbook", "seed"):
             for name in names[path]:
                 vm = sim.vm(name)
                 assert vm["cbt_enabled"] and not vm["snapshots"], (name, vm)
@@ -121,10 +133,13 @@ def main():
         med = dict((k, statistics.median(v)) for k, v in samples.items())
         log("")
         log("enable + initialise per VM, in-process:     %.3f s  (target: under 2 s)" % med["engine"])
-        log("enable + initialise per VM, ansible module: %.3f s" % med["module"])
+        log("enable + initialise per VM, ansible module: %.3f s  (one ansible run per VM)" % med["module"])
+        log("enable + initialise per VM, in a playbook:  %.3f s  (one ansible-playbook run for %d VMs)"
+            % (med["playbook"], len(names["playbook"])))
         log("seed sequence (fixed 5 s sleep):            %.3f s  (the seed document quotes 10-20 s)" % med["seed"])
         log("ratio seed / in-process:     %6.1fx" % (med["seed"] / med["engine"]))
         log("ratio seed / ansible module: %6.1fx" % (med["seed"] / med["module"]))
+        log("ratio seed / playbook:       %6.1fx" % (med["seed"] / med["playbook"]))
         figures = {"median_seconds": med, "samples": samples, "load_average": os.getloadavg(),
                    "ratio_seed_over_engine": med["seed"] / med["engine"],
                    "ratio_seed_over_module": med["seed"] / med["module"]}

@@ -6,7 +6,9 @@
 Starts the plain vCenter simulator with ``--vms`` VMs (default 1000) and, in one run, measures:
 
   bulk          the module's code path: ONE RetrievePropertiesEx (+ continuation pages) for every VM,
-                with disks and inventory paths (collect_vms + vm_facts)
+                with disks and inventory paths (collect_vms + vm_facts), parsed by the fast reader
+  bulk-pyvmomi  the same retrieval parsed by pyVmomi (the fast reader switched off)
+  bulk-nodisks  the same without disks (include_disks: false: the seed endpoint's fields and CBT flags)
   per-vm        the same facts looked up one VM at a time, done efficiently: FindByInventoryPath +
                 one RetrievePropertiesEx with the same property paths, per VM
   per-vm-naive  one VM at a time the way most pyVmomi scripts (and the seed appliance's status
@@ -40,7 +42,7 @@ from pyVmomi import vim, vmodl  # noqa: E402 pylint: disable=wrong-import-positi
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import (  # noqa: E402
     VmwareClient, object_spec, property_spec)
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import (  # noqa: E402
-    VM_PROPERTIES, collect_vms, vm_facts)
+    VM_PROPERTIES, VM_PROPERTIES_NO_DISKS, collect_vms, vm_facts)
 
 
 def log(msg):
@@ -62,16 +64,16 @@ def describe(name, samples):
         name, statistics.median(samples), min(samples), max(samples), len(samples))
 
 
-def bulk(client):
-    return [vm_facts(r) for r in collect_vms(client, include_disks=True)]
+def bulk(client, disks=True, fast=True):
+    return [vm_facts(r, include_disks=disks) for r in collect_vms(client, include_disks=disks, fast=fast)]
 
 
-def per_vm(client, paths):
+def per_vm(client, paths, props=VM_PROPERTIES):
     out = []
     search = client.content.searchIndex
     for path in paths:
         vm = search.FindByInventoryPath(path.lstrip("/"))
-        rows = client.retrieve([object_spec(vm)], [property_spec(vim.VirtualMachine, VM_PROPERTIES)])
+        rows = client.retrieve([object_spec(vm)], [property_spec(vim.VirtualMachine, props)])
         out.append(rows[0][1].get("name"))
     return out
 
@@ -109,9 +111,15 @@ def main():
 
         s_bulk, _ = timed(lambda: bulk(client), args.repeat)
         log(describe("bulk", s_bulk))
+        s_slow, _ = timed(lambda: bulk(client, fast=False), max(1, args.repeat // 2))
+        log(describe("bulk-pyvmomi", s_slow))
+        s_nodisk, _ = timed(lambda: bulk(client, disks=False), args.repeat)
+        log(describe("bulk-nodisks", s_nodisk))
         s_one, names = timed(lambda: per_vm(client, paths), args.per_vm_repeat)
         assert len(names) == count
         log(describe("per-vm", s_one))
+        s_one_nodisk, _ = timed(lambda: per_vm(client, paths, VM_PROPERTIES_NO_DISKS), args.per_vm_repeat)
+        log(describe("per-vm-nodisk", s_one_nodisk))
         s_naive, _ = timed(lambda: per_vm_naive(client, paths), args.per_vm_repeat)
         log(describe("per-vm-naive", s_naive))
 
@@ -124,19 +132,39 @@ def main():
             if result.get("count") != count:
                 raise SystemExit("module run failed: %r" % run)
         log(describe("module", s_module))
+        s_module_nodisk = []
+        for _ in range(max(1, args.repeat // 2)):
+            began = time.perf_counter()
+            result, run = ansible_run.run_module("vmware_cbt_info", {"include_disks": False}, env=env)
+            s_module_nodisk.append(time.perf_counter() - began)
+            if result.get("count") != count:
+                raise SystemExit("module run failed: %r" % run)
+        log(describe("module-nodisk", s_module_nodisk))
+        began = time.perf_counter()
+        ansible_run.run_module("ansible.builtin.ping", {"data": "x"})
+        s_ping = [time.perf_counter() - began]
+        log(describe("ansible-ping", s_ping) + "  (Ansible's own start-up, for reference)")
         client.close()
 
         med = dict((k, statistics.median(v)) for k, v in
-                   (("bulk", s_bulk), ("per_vm", s_one), ("per_vm_naive", s_naive), ("module", s_module)))
+                   (("bulk", s_bulk), ("bulk_pyvmomi", s_slow), ("bulk_nodisks", s_nodisk), ("per_vm", s_one),
+                    ("per_vm_nodisks", s_one_nodisk), ("per_vm_naive", s_naive), ("module", s_module),
+                    ("module_nodisks", s_module_nodisk), ("ansible_ping", s_ping)))
         log("")
         log("VMs: %d" % count)
         log("bulk retrieval:          %.3f s  (%.2f ms per VM)" % (med["bulk"], 1000 * med["bulk"] / count))
-        log("module through ansible:  %.3f s  (target: under 3 s)" % med["module"])
+        log("module through ansible:  %.3f s  (target: under 3 s; without disks %.3f s; ansible ping %.3f s)"
+            % (med["module"], med["module_nodisks"], med["ansible_ping"]))
+        log("bulk without disks:      %.3f s" % med["bulk_nodisks"])
         log("ratio per-vm / bulk:        %6.1fx  (target: at least 20x)" % (med["per_vm"] / med["bulk"]))
+        log("ratio per-vm / bulk, without disks: %6.1fx" % (med["per_vm_nodisks"] / med["bulk_nodisks"]))
+        log("ratio bulk-pyvmomi / bulk (fast reader gain): %6.1fx" % (med["bulk_pyvmomi"] / med["bulk"]))
         log("ratio per-vm-naive / bulk:  %6.1fx" % (med["per_vm_naive"] / med["bulk"]))
         log("ratio per-vm / module run:  %6.1fx" % (med["per_vm"] / med["module"]))
-        figures = {"vms": count, "median_seconds": med, "samples": {"bulk": s_bulk, "per_vm": s_one,
-                                                                     "per_vm_naive": s_naive, "module": s_module},
+        figures = {"vms": count, "median_seconds": med,
+                   "samples": {"bulk": s_bulk, "bulk_pyvmomi": s_slow, "bulk_nodisks": s_nodisk, "per_vm": s_one,
+                               "per_vm_nodisks": s_one_nodisk, "per_vm_naive": s_naive, "module": s_module,
+                               "module_nodisks": s_module_nodisk, "ansible_ping": s_ping},
                    "ratio_per_vm_over_bulk": med["per_vm"] / med["bulk"],
                    "ratio_naive_over_bulk": med["per_vm_naive"] / med["bulk"],
                    "load_average": os.getloadavg()}

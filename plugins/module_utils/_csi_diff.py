@@ -152,12 +152,12 @@ def decide_base_mode(params, discovery, service, base_name, base_handle):
         return "handle", "base_snapshot_mode handle was requested", False
     if requested == "name":
         return "name", "base_snapshot_mode name was requested (sidecar v0.1.0 semantics)", False
-    if not base_name:
-        return "handle", "only base_snapshot_handle was given, so the handle is sent", False
     version, evidence = None, None
     if params.get("sidecar_version"):
         version = parse_version(params["sidecar_version"])
         evidence = "sidecar_version %s" % params["sidecar_version"]
+    elif not base_name:
+        return "handle", "only base_snapshot_handle was given, so the handle is sent", False
     else:
         version, evidence = discovery.sidecar_version(service["address"])
     if version is not None:

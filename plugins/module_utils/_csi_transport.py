@@ -41,6 +41,7 @@ class GrpcTransport:
         self.target = target
         self.server_name = server_name
         self.timeout = timeout or None
+        self._failed = False
         credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
         opts = [
             ("grpc.ssl_target_name_override", server_name),
@@ -52,8 +53,13 @@ class GrpcTransport:
             ("grpc.keepalive_permit_without_calls", 0),
         ]
         opts.extend(options or [])
-        self.channel = grpc.secure_channel(target, credentials, options=opts)
+        self._credentials = credentials
+        self._options = opts
+        self.channel = self._new_channel()
         self._calls = {}
+
+    def _new_channel(self):
+        return grpc.secure_channel(self.target, self._credentials, options=self._options)
 
     def method(self, name):
         call = self._calls.get(name)
@@ -65,6 +71,14 @@ class GrpcTransport:
     def open_stream(self, method, request):
         """Yield the raw response messages of one server-streaming call; gRPC errors become
         ``StreamFailure``; closing the generator cancels the call."""
+        if self._failed:
+            # A fresh channel after a failure: the old one may sit in reconnect backoff, during which
+            # fail-fast calls fail at once with the old error. A new one connects now, or fails fast
+            # with the real reason (TLS, refused, ...).
+            self.channel.close()
+            self.channel = self._new_channel()
+            self._calls = {}
+            self._failed = False
         call = self.method(method)(request, timeout=self.timeout)
         finished = False
         try:
@@ -72,6 +86,7 @@ class GrpcTransport:
                 for message in call:
                     yield message
             except grpc.RpcError as exc:
+                self._failed = True
                 code = exc.code() if hasattr(exc, "code") else None
                 details = exc.details() if hasattr(exc, "details") else str(exc)
                 raise StreamFailure(code.name if code is not None else "UNKNOWN", details or "")

@@ -186,7 +186,8 @@ def _describe_matches(client, rows):
     return sorted(matches, key=lambda m: m["path"])
 
 
-def find_vm(client, name=None, uuid=None, use_instance_uuid=False, moid=None, datacenter=None, folder=None):
+def find_vm(client, name=None, uuid=None, use_instance_uuid=False, moid=None, datacenter=None, folder=None,
+            cluster=None):
     """Return the VM managed object named by exactly one of name / uuid / moid.
 
     Raises VmwareNotFound (naming where it looked) or VmwareAmbiguous (listing every match
@@ -225,7 +226,7 @@ def find_vm(client, name=None, uuid=None, use_instance_uuid=False, moid=None, da
         return found[0]
     if not name:
         raise VmwareNotFound("no VM given: set one of name, uuid or moid")
-    container, scope = scope_container(client, datacenter=datacenter, folder=folder)
+    container, scope = scope_container(client, datacenter=datacenter, folder=folder, cluster=cluster)
     view = client.container_view(container, [vim.VirtualMachine], True)
     try:
         rows = client.retrieve([object_spec(view, skip=True, select_set=[view_traversal()])],

@@ -156,7 +156,7 @@ summary:
 """
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
-from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareAmbiguous, VmwareNotFound
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareNotFound
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import (
     collect_vms,
     find_vm,
@@ -178,26 +178,15 @@ def run(m):
     include_disks = p["include_disks"]
     m.connect()
     client = m.client
-    if p["uuid"] or p["moid"]:
-        vm = find_vm(client, uuid=p["uuid"], use_instance_uuid=p["use_instance_uuid"], moid=p["moid"],
-                     datacenter=p["datacenter"])
+    if p["uuid"] or p["moid"] or p["name"] is not None:
+        # one VM: a names-only lookup (ambiguous names fail listing the matches), then its record
+        vm = find_vm(client, name=p["name"], uuid=p["uuid"], use_instance_uuid=p["use_instance_uuid"],
+                     moid=p["moid"], datacenter=p["datacenter"], folder=p["folder"], cluster=p["cluster"])
         records = collect_vms(client, refs=[vm], include_disks=include_disks)
     else:
         container, scope = scope_container(client, datacenter=p["datacenter"], folder=p["folder"], cluster=p["cluster"])
         records = collect_vms(client, container=container, include_disks=include_disks)
-        if p["name"] is not None:
-            records = [r for r in records if r["props"].get("name") == p["name"]]
-            if not records:
-                raise VmwareNotFound("VM '%s' not found in %s; VM names are case-sensitive" % (p["name"], scope))
-            if len(records) > 1:
-                matches = [{"moid": r["moid"], "name": r["props"].get("name"), "path": r["path"],
-                            "instance_uuid": r["props"].get("config.instanceUuid")} for r in records]
-                raise VmwareAmbiguous("VM name '%s' is ambiguous in %s: %d VMs match: %s; set folder, cluster or "
-                                      "datacenter, or use uuid / moid"
-                                      % (p["name"], scope, len(matches),
-                                         "; ".join("%s (moid %s)" % (x["path"], x["moid"]) for x in matches)),
-                                      matches=matches)
-        elif p["names"] is not None:
+        if p["names"] is not None:
             wanted = list(dict.fromkeys(p["names"]))
             found = set(r["props"].get("name") for r in records)
             missing = [n for n in wanted if n not in found]

@@ -220,3 +220,25 @@ def _closed_port():
     from testbed.core import free_port  # pylint: disable=import-outside-toplevel
 
     return free_port()
+
+
+def test_fast_reader_gives_exactly_what_pyvmomi_gives(own_vcsim, vsphere):
+    """vmware_cbt_info's fast RetrievePropertiesEx reader against pyVmomi's own parser, on the
+    same simulator answer (both through module_utils, in-process)."""
+    from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareClient
+    from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import collect_vms, vm_facts
+
+    vsphere.set_change_id(vsphere.vm("DC0_H0_VM1"), VCSIM_CHANGE_ID % 77)
+    client = VmwareClient(own_vcsim.host, own_vcsim.username, own_vcsim.password, port=own_vcsim.port,
+                          ca_cert=str(own_vcsim.ca_file)).connect()
+    try:
+        for disks in (True, False):
+            fast = [vm_facts(r, include_disks=disks) for r in collect_vms(client, include_disks=disks, fast=True)]
+            slow = [vm_facts(r, include_disks=disks) for r in collect_vms(client, include_disks=disks, fast=False)]
+            assert fast == slow and len(fast) == len(vsphere.vms())
+            if disks:
+                assert any(d["change_id"] == VCSIM_CHANGE_ID % 77 for f in fast for d in f["disks"])
+        paged = [vm_facts(r) for r in collect_vms(client, fast=True, page_size=2)]
+        assert paged == [vm_facts(r) for r in collect_vms(client, fast=False)]  # continuation tokens
+    finally:
+        client.close()

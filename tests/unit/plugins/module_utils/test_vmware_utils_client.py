@@ -39,6 +39,12 @@ class Content(object):
         self.propertyCollector = collector
 
 
+def raiser(exc):
+    def call():
+        raise exc
+    return call
+
+
 def client(collector=None):
     c = vc.VmwareClient("127.0.0.1", "admin", "secret")
     c.content = Content(collector)
@@ -75,7 +81,7 @@ def test_no_permission_names_the_privilege():
     fault = vim.fault.NoPermission(privilegeId="VirtualMachine.Config.ChangeTracking", object=vim.VirtualMachine("vm-7"),
                                    msg="Permission to perform this operation was denied.")
     with pytest.raises(vc.VmwarePermissionDenied) as err:
-        c.invoke("reconfiguring VM 'a'", lambda: (_ for _ in ()).throw(fault))
+        c.invoke("reconfiguring VM 'a'", raiser(fault))
     assert err.value.privileges == ["VirtualMachine.Config.ChangeTracking"]
     assert "'VirtualMachine.Config.ChangeTracking'" in err.value.msg and "vm-7" in err.value.msg
     assert err.value.kind == "permission_denied"
@@ -85,7 +91,7 @@ def test_no_permission_without_privilege_uses_the_expected_one():
     c = client()
     fault = vim.fault.NoPermission(msg="denied")
     with pytest.raises(vc.VmwarePermissionDenied) as err:
-        c.invoke("creating a snapshot", lambda: (_ for _ in ()).throw(fault),
+        c.invoke("creating a snapshot", raiser(fault),
                  expected_privilege="VirtualMachine.State.CreateSnapshot")
     assert err.value.privileges == ["VirtualMachine.State.CreateSnapshot"]
 
@@ -94,7 +100,7 @@ def test_other_faults_become_api_errors_keeping_the_fault():
     c = client()
     fault = vim.fault.FileFault(file="x", msg="Error caused by file x")
     with pytest.raises(vc.VmwareApiError) as err:
-        c.invoke("querying", lambda: (_ for _ in ()).throw(fault))
+        c.invoke("querying", raiser(fault))
     assert err.value.fault is fault and err.value.fault_name == "FileFault"
     assert "querying failed: FileFault: Error caused by file x" == err.value.msg
 

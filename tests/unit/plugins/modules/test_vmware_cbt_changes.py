@@ -217,3 +217,18 @@ def test_permission_denied_is_a_failure_naming_the_privilege(world, tmp_path):
     assert res["failed"] and res["error_kind"] == "permission_denied"
     assert res["missing_privileges"] == ["VirtualMachine.Provisioning.DiskRandomRead"]
     assert list(tmp_path.iterdir()) == []  # no extent file for a failed query
+
+
+def test_ineligible_disk_is_an_error_not_a_full_sync(world, monkeypatch):
+    def disks_of(client, ref, what):
+        return describe_disks([
+            vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0),
+            vim.vm.device.VirtualDisk(key=2000, controllerKey=1000, unitNumber=0, capacityInBytes=CAP,
+                                      deviceInfo=vim.Description(label="Hard disk 1", summary=""),
+                                      backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                                          fileName="[ds] vm1/vm1.vmdk", diskMode="independent_persistent"))])
+
+    monkeypatch.setattr(mod, "snapshot_disks", disks_of)
+    res = run({"change_id": "*"})
+    assert res["failed"] and res["error_kind"] == "unsupported" and "independent" in res["msg"]
+    assert world["vm"].calls == []

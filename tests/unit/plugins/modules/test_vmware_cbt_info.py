@@ -64,7 +64,17 @@ def inventory(monkeypatch):
     monkeypatch.setattr(vmod.VmwareModule, "close", lambda self: None)
     monkeypatch.setattr(mod, "collect_vms", collect)
     monkeypatch.setattr(mod, "scope_container", lambda client, **kw: ("root", "the whole inventory"))
-    monkeypatch.setattr(mod, "find_vm", lambda client, **kw: "ref-by-uuid")
+    def find_vm(client, **kw):
+        state["find_calls"].append(kw)
+        if kw.get("name") == "dup":
+            from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareAmbiguous
+            raise VmwareAmbiguous("VM name 'dup' is ambiguous in the whole inventory: 2 VMs match: /DC0/vm/x/dup "
+                                  "(moid vm-10); /DC0/vm/y/dup (moid vm-11)",
+                                  matches=[{"moid": "vm-10"}, {"moid": "vm-11"}])
+        return "ref-%s" % (kw.get("name") or kw.get("uuid"))
+
+    state["find_calls"] = []
+    monkeypatch.setattr(mod, "find_vm", find_vm)
     return state
 
 
@@ -86,9 +96,10 @@ def test_all_vms_with_the_appliance_fields_and_summary(inventory):
     assert len(inventory["collect_calls"]) == 1  # one retrieval
 
 
-def test_one_name_and_a_list_of_names(inventory):
-    res = run({"name": "b"})
-    assert [v["name"] for v in res["vms"]] == ["b"]
+def test_one_name_is_looked_up_then_read_alone_and_a_list_of_names(inventory):
+    run({"name": "b", "cluster": "C1"})
+    assert inventory["find_calls"][-1]["name"] == "b" and inventory["find_calls"][-1]["cluster"] == "C1"
+    assert inventory["collect_calls"][-1][1] == ["ref-b"]  # only that VM's record is read
     res = run({"names": ["old", "a", "dup"]})
     assert sorted(v["moid"] for v in res["vms"]) == ["vm-10", "vm-11", "vm-a", "vm-old"]
     assert len(inventory["collect_calls"]) == 2
@@ -109,7 +120,7 @@ def test_unknown_names_are_all_named(inventory):
 
 def test_uuid_reads_exactly_that_vm(inventory):
     run({"uuid": "4216a9b2"})
-    assert inventory["collect_calls"][-1][1] == ["ref-by-uuid"]
+    assert inventory["collect_calls"][-1][1] == ["ref-4216a9b2"]
 
 
 def test_without_disks(inventory):
