@@ -432,4 +432,4 @@ def decode_ca(value, source):
             raise CsiDiffError("caCert of %s is neither PEM nor base64-encoded PEM" % source)
     if PEM_MARKER not in text:
         raise CsiDiffError("caCert of %s does not contain a PEM certificate (%s)" % (source, PEM_MARKER))
-    return text.encode("utf-8")
+    return text.strip().encode("utf-8") + b"\n"

@@ -109,6 +109,7 @@ class PortForwardProxy:
         self.pod = pod
         self.port = port
         self._connector = connector or self._kubernetes_connector
+        self._core = None
         self._listener = None
         self._thread = None
         self._closed = threading.Event()
@@ -116,14 +117,15 @@ class PortForwardProxy:
         self.connections = 0
 
     def _kubernetes_connector(self):
-        from kubernetes import client as k8s_client  # pylint: disable=import-outside-toplevel
         from kubernetes.stream import portforward  # pylint: disable=import-outside-toplevel
-        core = k8s_client.CoreV1Api(self.api_client)
-        forward = portforward(core.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
+        forward = portforward(self._core.connect_get_namespaced_pod_portforward, self.pod, self.namespace,
                               ports=str(self.port))
         return forward.socket(self.port), forward
 
     def start(self):
+        if self._connector == self._kubernetes_connector:
+            from kubernetes import client as k8s_client  # pylint: disable=import-outside-toplevel
+            self._core = k8s_client.CoreV1Api(self.api_client)
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))

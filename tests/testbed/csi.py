@@ -119,6 +119,11 @@ class CsiTestDriver:
     def snapshot(self, snapshot_id: str, volume_id: str, ready: bool = True) -> dict:
         return self._call("POST", "/snapshots", {"id": snapshot_id, "volume": volume_id, "ready": ready})
 
+    def synthetic_snapshot(self, snapshot_id: str, count: int, stride: int = 8192, extent: int = 4096) -> dict:
+        """A snapshot without data: ``count`` extents of ``extent`` bytes every ``stride`` bytes."""
+        return self._call("POST", "/synthetic-snapshots", {"id": snapshot_id, "volume": "synthetic",
+                                                           "count": count, "stride": stride, "extent": extent})
+
     def set_ready(self, snapshot_id: str, ready: bool) -> None:
         self._call("PATCH", "/snapshots/%s" % snapshot_id, {"ready": ready})
 

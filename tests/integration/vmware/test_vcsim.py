@@ -13,7 +13,7 @@ MethodNotFound. CBT semantics proper are tested against cbtsim (test_cbtsim.py).
 import json
 
 import pytest
-from conftest import VCSIM_CHANGE_ID, assert_clean_failure
+from conftest import VCSIM_CHANGE_ID, assert_clean_failure, run_tasks
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,44 +42,48 @@ def test_info_reports_every_vm_in_one_run_with_the_appliance_fields(run_module, 
     assert disk["controller_type"] == "scsi" and disk["device_node"].startswith("scsi")
 
 
-def test_info_scopes_and_names(run_module, env, vsphere):
-    res, run = run_module("vmware_cbt_info", {"cluster": "DC0_C0", "include_disks": False}, env=env)
-    assert sorted(v["name"] for v in res["vms"]) == ["DC0_C0_RP0_VM0", "DC0_C0_RP0_VM1"], run
-    res, run = run_module("vmware_cbt_info", {"datacenter": "DC0", "folder": "vm"}, env=env)
-    assert res["count"] == len(vsphere.vms()), run
-    res, run = run_module("vmware_cbt_info", {"names": ["DC0_H0_VM1", "DC0_C0_RP0_VM0"]}, env=env)
-    assert sorted(v["name"] for v in res["vms"]) == ["DC0_C0_RP0_VM0", "DC0_H0_VM1"], run
-    res, run = run_module("vmware_cbt_info", {"moid": vsphere.vm("DC0_H0_VM1")._moId}, env=env)
-    assert [v["name"] for v in res["vms"]] == ["DC0_H0_VM1"], run
-    res, run = run_module("vmware_cbt_info", {"names": ["DC0_H0_VM1", "no-such-vm"]}, env=env)
-    assert_clean_failure(res, run, "not_found", ["'no-such-vm'"])
-    res, run = run_module("vmware_cbt_info", {"cluster": "nope"}, env=env)
-    assert_clean_failure(res, run, "not_found", ["cluster 'nope' not found", "DC0_C0"])
+def test_info_scopes_and_names(run_playbook, env, vsphere):
+    (cluster, folder, names, moid, missing, nocluster, one), run = run_tasks(run_playbook, [
+        ("vmware_cbt_info", {"cluster": "DC0_C0", "include_disks": False}),
+        ("vmware_cbt_info", {"datacenter": "DC0", "folder": "vm"}),
+        ("vmware_cbt_info", {"names": ["DC0_H0_VM1", "DC0_C0_RP0_VM0"]}),
+        ("vmware_cbt_info", {"moid": vsphere.vm("DC0_H0_VM1")._moId}),
+        ("vmware_cbt_info", {"names": ["DC0_H0_VM1", "no-such-vm"]}),
+        ("vmware_cbt_info", {"cluster": "nope"}),
+        ("vmware_cbt_info", {"name": "DC0_C0_RP0_VM1", "cluster": "DC0_C0"}),
+    ], env=env)
+    assert sorted(v["name"] for v in cluster["vms"]) == ["DC0_C0_RP0_VM0", "DC0_C0_RP0_VM1"], run
+    assert "disks" not in cluster["vms"][0]
+    assert folder["count"] == len(vsphere.vms())
+    assert sorted(v["name"] for v in names["vms"]) == ["DC0_C0_RP0_VM0", "DC0_H0_VM1"]
+    assert [v["name"] for v in moid["vms"]] == ["DC0_H0_VM1"]
+    assert_clean_failure(missing, run, "not_found", ["'no-such-vm'"])
+    assert_clean_failure(nocluster, run, "not_found", ["cluster 'nope' not found", "DC0_C0"])
+    assert [v["vm_path"] for v in one["vms"]] == ["/DC0/vm/DC0_C0_RP0_VM1"]
 
 
-def test_enable_on_a_powered_on_vm_check_mode_diff_and_idempotency(run_module, env, vsphere):
+def test_enable_on_a_powered_on_vm_check_mode_diff_and_idempotency(run_playbook, env, vsphere):
     vm = vsphere.vm("DC0_H0_VM1")
     assert vsphere.power_state(vm) == "poweredOn" and not vsphere.cbt_enabled(vm)
     args = {"name": "DC0_H0_VM1", "initialize": False}
-
-    res, run = run_module("vmware_cbt", args, env=env, check=True, diff=True)
-    assert res["changed"] is True and res.get("failed") is not True, run
-    assert res["cbt_enabled_before"] is False and res["cbt_enabled_after"] is True
-    assert res["diff"]["before"]["cbt_enabled"] is False and res["diff"]["after"]["cbt_enabled"] is True
-    assert not vsphere.cbt_enabled(vsphere.vm("DC0_H0_VM1")), "check mode changed the VM"
-
-    res, run = run_module("vmware_cbt", args, env=env, diff=True)
-    assert res["changed"] is True and res["cbt_enabled_after"] is True, run
-    assert vsphere.cbt_enabled(vsphere.vm("DC0_H0_VM1"))
-    assert res["vm"]["power_state"] == "poweredOn" and res["vm"]["path"] == "/DC0/vm/DC0_H0_VM1"
-
-    res, run = run_module("vmware_cbt", args, env=env)
-    assert res["changed"] is False and res["actions"] == [], run
-
-    res, run = run_module("vmware_cbt", dict(args, state="disabled"), env=env)
-    assert res["changed"] is True and not vsphere.cbt_enabled(vsphere.vm("DC0_H0_VM1")), run
-    res, run = run_module("vmware_cbt", dict(args, state="disabled"), env=env)
-    assert res["changed"] is False, run
+    (check, first, second, off, off_again), run = run_tasks(run_playbook, [
+        ("vmware_cbt", args, {"check_mode": True, "diff": True}),
+        ("vmware_cbt", args, {"diff": True}),
+        ("vmware_cbt", args),
+        ("vmware_cbt", dict(args, state="disabled")),
+        ("vmware_cbt", dict(args, state="disabled")),
+    ], env=env)
+    assert check["changed"] is True and check.get("failed") is not True, run
+    assert check["cbt_enabled_before"] is False and check["cbt_enabled_after"] is True
+    assert check["diff"]["before"]["cbt_enabled"] is False and check["diff"]["after"]["cbt_enabled"] is True
+    # the real run after it still found CBT off: check mode changed nothing
+    assert first["changed"] is True and first["cbt_enabled_before"] is False and first["cbt_enabled_after"] is True
+    assert first["diff"]["after"]["cbt_enabled"] is True
+    assert first["vm"]["power_state"] == "poweredOn" and first["vm"]["path"] == "/DC0/vm/DC0_H0_VM1"
+    assert second["changed"] is False and second["actions"] == [] and second["cbt_enabled_before"] is True
+    assert off["changed"] is True and off["cbt_enabled_after"] is False
+    assert off_again["changed"] is False
+    assert not vsphere.cbt_enabled(vsphere.vm("DC0_H0_VM1"))
 
 
 def test_failed_initialisation_leaves_no_snapshot(run_module, env, vsphere):
@@ -126,39 +130,40 @@ def test_stale_temporary_snapshots_are_removed(run_module, env, vsphere):
     vsphere.remove_all_snapshots(vsphere.vm("DC0_C0_RP0_VM1"))
 
 
-def test_migration_snapshot_and_method_not_found_gives_full_sync(run_module, env, vsphere, tmp_path):
+def test_migration_snapshot_and_method_not_found_gives_full_sync(run_playbook, env, vsphere, tmp_path):
     vm = vsphere.vm("DC0_H0_VM0")
     vsphere.set_cbt(vm, True)
     vsphere.set_change_id(vm, VCSIM_CHANGE_ID % 9)
-    args = {"name": "DC0_H0_VM0", "snapshot_name": "round-1"}
-    res, run = run_module("vmware_migration_snapshot", args, env=env, check=True)
-    assert res["changed"] is True and vsphere.snapshot_names(vsphere.vm("DC0_H0_VM0")) == [], run
-    res, run = run_module("vmware_migration_snapshot", args, env=env, diff=True)
-    assert res["changed"] is True and res["snapshot"]["name"] == "round-1", run
-    key = str(vsphere.disks(vm)[0].key)
-    assert res["change_ids"] == {key: VCSIM_CHANGE_ID % 9}
-    assert res["diff"]["after"] == {"snapshot": "round-1"}
-    moid = res["snapshot"]["moid"]
-    res, run = run_module("vmware_migration_snapshot", args, env=env)
-    assert res["changed"] is False and res["snapshot"]["moid"] == moid, run
-
-    out = tmp_path / "r1.extents"
-    res, run = run_module("vmware_cbt_changes", {"name": "DC0_H0_VM0", "snapshot": moid, "disk_key": int(key),
-                                                 "change_id": VCSIM_CHANGE_ID % 2, "extent_file": str(out)}, env=env)
-    assert res.get("failed") is not True and res["changed"] is False, run
-    assert res["full_sync_required"] is True and res["fault"] == "MethodNotFound"
-    assert "does not implement QueryChangedDiskAreas" in res["reason"]
+    key = vsphere.disks(vm)[0].key
     capacity = vsphere.disks(vm)[0].capacityInBytes
-    assert res["extents"] == [{"offset": 0, "length": capacity}] and res["capacity"] == capacity
+    out = tmp_path / "r1.extents"
+    args = {"name": "DC0_H0_VM0", "snapshot_name": "round-1"}
+    (check, created, again, changes, removed, removed_again), run = run_tasks(run_playbook, [
+        ("vmware_migration_snapshot", args, {"check_mode": True}),
+        ("vmware_migration_snapshot", args, {"diff": True}),
+        ("vmware_migration_snapshot", args),
+        ("vmware_cbt_changes", {"name": "DC0_H0_VM0", "snapshot": "round-1", "disk_key": key,
+                                "change_id": VCSIM_CHANGE_ID % 2, "extent_file": str(out)}),
+        ("vmware_migration_snapshot", dict(args, state="absent"), {"diff": True}),
+        ("vmware_migration_snapshot", dict(args, state="absent")),
+    ], env=env)
+    assert check["changed"] is True and check["snapshot"]["moid"] is None, run
+    assert created["changed"] is True and created["snapshot"]["name"] == "round-1"  # check mode created nothing
+    assert created["change_ids"] == {str(key): VCSIM_CHANGE_ID % 9}
+    assert created["diff"]["after"] == {"snapshot": "round-1"}
+    assert again["changed"] is False and again["snapshot"]["moid"] == created["snapshot"]["moid"]
+
+    assert changes.get("failed") is not True and changes["changed"] is False
+    assert changes["full_sync_required"] is True and changes["fault"] == "MethodNotFound"
+    assert "does not implement QueryChangedDiskAreas" in changes["reason"]
+    assert changes["extents"] == [{"offset": 0, "length": capacity}] and changes["capacity"] == capacity
     lines = out.read_text().splitlines()
     assert lines[0] == "# cbt.toolkit extents v1" and "# full_sync_required=true" in lines
     assert lines[-1] == "0 %d" % capacity
 
-    res, run = run_module("vmware_migration_snapshot", dict(args, state="absent"), env=env, diff=True)
-    assert res["changed"] is True and res["diff"]["after"] == {"snapshot": None}, run
+    assert removed["changed"] is True and removed["diff"]["after"] == {"snapshot": None}
+    assert removed_again["changed"] is False
     assert vsphere.snapshot_names(vsphere.vm("DC0_H0_VM0")) == []
-    res, run = run_module("vmware_migration_snapshot", dict(args, state="absent"), env=env)
-    assert res["changed"] is False, run
 
 
 def test_bad_input_gives_clear_errors_without_traceback(run_playbook, run_module, env, vsphere, own_vcsim):

@@ -57,6 +57,15 @@ type snapshot struct {
 	Size     int64  `json:"size"`
 	Path     string `json:"path"`
 	Ready    bool   `json:"ready"`
+	// Synthetic snapshots have no data file: Count extents of Extent bytes every Stride bytes
+	// (for benchmarks with millions of tuples).
+	Synthetic *synthetic `json:"synthetic,omitempty"`
+}
+
+type synthetic struct {
+	Count  int64 `json:"count"`
+	Stride int64 `json:"stride"`
+	Extent int64 `json:"extent"`
 }
 
 // fault makes a stream fail with a gRPC status after a number of messages.
@@ -209,6 +218,9 @@ func (d *driver) allocated(ctx context.Context, req *csi.GetMetadataAllocatedReq
 	if err != nil {
 		return err
 	}
+	if snap.Synthetic != nil {
+		return d.streamSynthetic(rec, snap, req.GetStartingOffset(), maxResults, send)
+	}
 	f, err := os.Open(snap.Path)
 	if err != nil {
 		return status.Errorf(codes.Internal, "cannot open snapshot %q: %v", snap.ID, err)
@@ -226,6 +238,9 @@ func (d *driver) delta(ctx context.Context, req *csi.GetMetadataDeltaRequest, re
 	target, err := d.lookup(req.GetTargetSnapshotId(), "target")
 	if err != nil {
 		return err
+	}
+	if base.Synthetic != nil || target.Synthetic != nil {
+		return status.Error(codes.InvalidArgument, "synthetic snapshots only support GetMetadataAllocated")
 	}
 	if base.VolumeID != target.VolumeID {
 		return status.Errorf(codes.InvalidArgument, "snapshots %q and %q don't belong to the same volume", base.ID, target.ID)
@@ -272,6 +287,38 @@ func (d *driver) delta(ctx context.Context, req *csi.GetMetadataDeltaRequest, re
 			}
 			return t, nil
 		})
+}
+
+// streamSynthetic sends the extents of a synthetic snapshot from the first one ending after start.
+func (d *driver) streamSynthetic(rec *call, snap *snapshot, start int64, maxResults int, send sender) error {
+	syn := snap.Synthetic
+	bmType := csi.BlockMetadataType_FIXED_LENGTH
+	if d.variable {
+		bmType = csi.BlockMetadataType_VARIABLE_LENGTH
+	}
+	first := int64(0)
+	if start > 0 {
+		first = (start - syn.Extent + syn.Stride) / syn.Stride // first i with i*stride+extent > start
+		if first < 0 {
+			first = 0
+		}
+	}
+	batch := make([]*csi.BlockMetadata, 0, maxResults)
+	for i := first; i < syn.Count; i++ {
+		batch = append(batch, &csi.BlockMetadata{ByteOffset: i * syn.Stride, SizeBytes: syn.Extent})
+		if len(batch) == maxResults || i == syn.Count-1 {
+			if err := send(bmType, snap.Size, batch); err != nil {
+				return err
+			}
+			rec.Messages++
+			rec.Tuples += len(batch)
+			batch = make([]*csi.BlockMetadata, 0, maxResults)
+		}
+	}
+	if rec.Messages == 0 {
+		return send(bmType, snap.Size, nil)
+	}
+	return nil
 }
 
 // readAt fills buf from off, zero-filling past the end of the file.
@@ -408,6 +455,7 @@ func (d *driver) control() http.Handler {
 	mux.HandleFunc("DELETE /volumes/{id}", d.deleteVolume)
 	mux.HandleFunc("POST /snapshots", d.createSnapshot)
 	mux.HandleFunc("PATCH /snapshots/{id}", d.patchSnapshot)
+	mux.HandleFunc("POST /synthetic-snapshots", d.createSynthetic)
 	mux.HandleFunc("DELETE /snapshots/{id}", d.deleteSnapshot)
 	mux.HandleFunc("POST /faults", d.addFault)
 	mux.HandleFunc("DELETE /faults", func(w http.ResponseWriter, r *http.Request) {
@@ -566,6 +614,31 @@ func (d *driver) createSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := &snapshot{ID: in.ID, VolumeID: v.ID, Size: v.Size, Path: path, Ready: in.Ready == nil || *in.Ready}
+	d.snapshots[in.ID] = s
+	reply(w, 201, s)
+}
+
+func (d *driver) createSynthetic(w http.ResponseWriter, r *http.Request) {
+	var in struct {
+		ID     string `json:"id"`
+		Volume string `json:"volume"`
+		synthetic
+	}
+	if !decode(w, r, &in) {
+		return
+	}
+	if !validID.MatchString(in.ID) || in.Count <= 0 || in.Extent <= 0 || in.Stride < in.Extent {
+		fail(w, 400, "need an id, count > 0, extent > 0 and stride >= extent")
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if _, ok := d.snapshots[in.ID]; ok {
+		fail(w, 409, "snapshot %q exists", in.ID)
+		return
+	}
+	syn := in.synthetic
+	s := &snapshot{ID: in.ID, VolumeID: in.Volume, Size: syn.Count*syn.Stride + syn.Stride, Ready: true, Synthetic: &syn}
 	d.snapshots[in.ID] = s
 	reply(w, 201, s)
 }
