@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: cbt.toolkit contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -38,7 +37,7 @@ import yaml  # noqa: E402 pylint: disable=wrong-import-position
 from testbed.cbtsim import CbtSim  # noqa: E402 pylint: disable=wrong-import-position
 
 ROUND_RE = re.compile(r'"msg": "(\S+ round \d+ \(.*)"\s*$')
-FAIL_RE = re.compile(r"MIGRATION FAILURE: [^\"]*")
+FAIL_RE = re.compile(r"MIGRATION FAILURE: (?:\\\"|[^\"|])*")
 
 
 class Interrupted(Exception):
@@ -82,28 +81,21 @@ def run_playbook(argv, env, log_path: Path) -> int:
         proc = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, start_new_session=True)
         try:
-            in_summary = False
+            shown = set()
             for line in proc.stdout:
                 log.write(line)
                 log.flush()
                 match = ROUND_RE.search(line)
                 if match:
                     print("  " + match.group(1).replace('\\"', '"'), flush=True)
-                    continue
-                if line.startswith("PLAY ["):
+                elif line.startswith("PLAY ["):
                     print("\n" + line.strip().strip("*").strip(), flush=True)
-                elif "Show the failure" in line:
-                    in_summary = False
                 elif "MIGRATION FAILURE" in line and '"msg"' in line:
-                    print("  " + FAIL_RE.search(line).group(0).rstrip("\\"), flush=True)
-                elif "Show the summary" in line:
-                    in_summary = True
-                elif in_summary:
-                    text = line.strip()
-                    if text.startswith("TASK [") or text.startswith("PLAY RECAP"):
-                        in_summary = False
-                    elif text.startswith('"'):
-                        print("  " + text.rstrip(",").strip('"').replace('\\"', '"'), flush=True)
+                    for failure in FAIL_RE.findall(line):
+                        failure = failure.rstrip("\\").rstrip(" |").replace('\\"', '"')
+                        if failure not in shown:
+                            shown.add(failure)
+                            print("  " + failure, flush=True)
             return proc.wait()
         except BaseException:
             # Ctrl-C / SIGTERM: stop ansible-playbook (its own process group) before the simulator.
@@ -116,7 +108,7 @@ def run_playbook(argv, env, log_path: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--output", default=os.environ.get("CBT_OUTPUT_DIR", str(REPO / "tests" / "output" / "main")))
     parser.add_argument("--pid-file", help="write the simulator's pid here (scripts/main.sh stops it if we die)")
     parser.add_argument("ansible_args", nargs="*")
@@ -144,9 +136,9 @@ def main() -> int:
               % (sim.url, sim.ca_file, sim.control_url, sim.datastore_dir), flush=True)
         for name, spec in demo_vms(inventory / "hosts.yml").items():
             vm = sim.create_vm(name, disks=spec["disks"], cbt_enabled=bool(spec.get("cbt_enabled")))
-            disks = ", ".join("%d: %s (%.0f %% data)" % (d["key"], human(d["capacity"]),
-                                                          s.get("fill", {}).get("random_percent", 0))
-                              for d, s in zip(vm["disks"], spec["disks"]))
+            disks = ", ".join(
+                "%d: %s (%.0f %% data)" % (d["key"], human(d["capacity"]), s.get("fill", {}).get("random_percent", 0))
+                for d, s in zip(vm["disks"], spec["disks"]))
             print("  VM %-11s %s, CBT %s, disks %s" % (name, vm["moid"], "on" if vm["cbt_enabled"] else "off", disks),
                   flush=True)
 
@@ -181,8 +173,15 @@ def main() -> int:
                 int(doc["summary"]["vms"]), int(doc["summary"]["completed"]), int(doc["summary"]["failed"])))
             for vm in doc["vms"]:
                 rounds = vm.get("rounds") or []
-                sizes = " -> ".join(human(int(r["copied_bytes"])) for r in rounds)
-                print("  %-11s %-9s rounds copied %s" % (vm["vm"], vm["status"], sizes or "-"))
+                print("  %s: %s%s" % (vm["vm"], vm["status"].upper(),
+                                      (" - " + vm["message"]) if vm["status"] == "failed" else ""))
+                for rnd in rounds:
+                    print("      round %s %-11s changed %10s  copied %10s  %6.1f s%s" % (
+                        rnd["round"], rnd["kind"], human(int(rnd["changed_bytes"])), human(int(rnd["copied_bytes"])),
+                        float(rnd["duration_s"]), " (resumed)" if rnd.get("resumed") in (True, "True") else ""))
+                if vm.get("cutover"):
+                    print("      cutover: %s, %.1f s from shutdown to verified target" % (
+                        vm["cutover"].get("method", "?"), float(vm["cutover"].get("seconds", 0))))
                 for disk in vm.get("disks") or []:
                     if disk.get("digest_source"):
                         print("      disk %s: source %s... target %s... %s" % (

@@ -218,7 +218,6 @@ def main():
             if args.module:
                 elapsed, count = case_module(cluster, out_dir)
                 times["ours: ansible module (1 run)"] = [elapsed]
-                cpus["ours: ansible module (1 run)"] = [float("nan")]
                 log("module: %d extents in %.3f s (includes ansible start-up)" % (count, elapsed))
     finally:
         source.stop()
@@ -229,9 +228,10 @@ def main():
     for name, values in times.items():
         med = statistics.median(values)
         medians[name] = med
-        cpu = statistics.median(cpus[name])
-        log("%-38s %9.3f %9.3f %9.3f %12.2f %14.2f" % (name, med, min(values), max(values), args.tuples / med / 1e6,
-                                                        args.tuples / cpu / 1e6 if cpu == cpu and cpu > 0 else 0))
+        cpu = statistics.median(cpus[name]) if cpus.get(name) else None
+        per_cpu = "%14.2f" % (args.tuples / cpu / 1e6) if cpu else "%14s" % "-"
+        rate = args.tuples / med / 1e6
+        log("%-38s %9.3f %9.3f %9.3f %12.2f %s" % (name, med, min(values), max(values), rate, per_cpu))
     go = min(medians["go lister -o json > file"], medians["go lister -o table > file"])
     log("\nratio ours (full flow) / fastest go lister, in tuples/s: %.2fx"
         % (go / medians["ours: full flow > file"]))

@@ -101,7 +101,7 @@ def parts(rnd):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument("--size-mib", type=int, default=2048)
     parser.add_argument("--fill", type=float, default=60.0, help="percent of the disk holding data")
     parser.add_argument("--changed", type=float, default=5.0, help="percent of the disk changed before round 2")
@@ -131,7 +131,7 @@ def main():
             for i, (off, length) in enumerate(extents):
                 sim.write(vm["moid"], 2000, off, length, pattern="random", seed=rep * 100000 + i)
             log("  guest wrote %d extents, %.1f MiB (%.1f %% of the disk) in %.1f s" % (
-                len(extents), sum(n for _, n in extents) / MiB, 100.0 * sum(n for _, n in extents) / size,
+                len(extents), sum(n for _off, n in extents) / MiB, 100.0 * sum(n for _off, n in extents) / size,
                 time.monotonic() - began))
             inc = parts(run_round(sim, out, inventory))
             results.append((full, inc))
@@ -158,8 +158,8 @@ def main():
     log("  constant per-round orchestration (incremental round minus its copy): %.1f s" % statistics.median(
         [inc["round_s"] - inc["copy_task_s"] for _full, inc in results]))
     log("  (the simulator's snapshot copies the disk's data: %.1f s in the full round, %.1f s in the incremental "
-        "one; a vSphere snapshot does not)" % (statistics.median([f["snapshot_s"] for f, _i in results]),
-                                               statistics.median([i["snapshot_s"] for _f, i in results])))
+        "one; a vSphere snapshot does not)" % (statistics.median([full["snapshot_s"] for full, _inc in results]),
+                                               statistics.median([inc["snapshot_s"] for _full, inc in results])))
     log("output: %s" % base)
     return 0
 

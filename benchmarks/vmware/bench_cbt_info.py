@@ -11,9 +11,12 @@ Starts the plain vCenter simulator with ``--vms`` VMs (default 1000) and, in one
   bulk-nodisks  the same without disks (include_disks: false: the seed endpoint's fields and CBT flags)
   per-vm        the same facts looked up one VM at a time, done efficiently: FindByInventoryPath +
                 one RetrievePropertiesEx with the same property paths, per VM
-  per-vm-naive  one VM at a time the way most pyVmomi scripts (and the seed appliance's status
-                endpoint) do it: find the VM, then read vm.name, vm.config, vm.runtime.powerState ...
-                (one round trip per attribute)
+  per-vm-naive  one VM at a time the way most pyVmomi scripts do it: find the VM, then read
+                vm.name, vm.config, vm.runtime.powerState ... (one round trip per attribute)
+  per-vm-session one VM at a time the way the seed appliance's status endpoint works: every
+                request logs in, finds the VM by path, reads its properties and logs out
+  loop          the Ansible way of asking one VM at a time: one ansible-playbook looping
+                vmware_cbt_info (name=...) over --loop-vms VMs; per-VM cost extrapolated to all VMs
   module        the real module through ``ansible`` (process start-up included)
 
 Prints medians, min/max and the ratios; never fails on a slow result.
@@ -90,11 +93,25 @@ def per_vm_naive(client, paths):
     return out
 
 
+def per_vm_session(sim, paths):
+    out = []
+    for path in paths:
+        client = VmwareClient(sim.host, sim.username, sim.password, port=sim.port, ca_cert=str(sim.ca_file)).connect()
+        try:
+            vm = client.content.searchIndex.FindByInventoryPath(path.lstrip("/"))
+            rows = client.retrieve([object_spec(vm)], [property_spec(vim.VirtualMachine, VM_PROPERTIES)])
+            out.append(rows[0][1].get("name"))
+        finally:
+            client.close()
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=1000, help="number of VMs (even; half per resource pool)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--per-vm-repeat", type=int, default=1, help="repeats of the one-at-a-time baselines")
+    parser.add_argument("--loop-vms", type=int, default=20, help="VMs in the ansible-playbook loop baseline")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -122,6 +139,8 @@ def main():
         log(describe("per-vm-nodisk", s_one_nodisk))
         s_naive, _ = timed(lambda: per_vm_naive(client, paths), args.per_vm_repeat)
         log(describe("per-vm-naive", s_naive))
+        s_session, _ = timed(lambda: per_vm_session(sim, paths), args.per_vm_repeat)
+        log(describe("per-vm-sess", s_session))
 
         env = sim.env(validate_certs=True)
         s_module = []
@@ -144,11 +163,22 @@ def main():
         ansible_run.run_module("ansible.builtin.ping", {"data": "x"})
         s_ping = [time.perf_counter() - began]
         log(describe("ansible-ping", s_ping) + "  (Ansible's own start-up, for reference)")
+        loop_names = [f["name"] for f in facts[:args.loop_vms]]
+        play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
+            {"name": "one VM", "cbt.toolkit.vmware_cbt_info": {"name": "{{ item }}"}, "loop": loop_names}]}]
+        began = time.perf_counter()
+        run = ansible_run.run_playbook(json.dumps(play) + "\n", env=env)
+        loop_total = time.perf_counter() - began
+        if run.rc != 0:
+            raise SystemExit("loop playbook failed: %r" % run)
+        s_loop = [loop_total / len(loop_names) * count]
+        log(describe("loop (extrap.)", s_loop) + "  (%d VMs took %.1f s)" % (len(loop_names), loop_total))
         client.close()
 
         med = dict((k, statistics.median(v)) for k, v in
                    (("bulk", s_bulk), ("bulk_pyvmomi", s_slow), ("bulk_nodisks", s_nodisk), ("per_vm", s_one),
-                    ("per_vm_nodisks", s_one_nodisk), ("per_vm_naive", s_naive), ("module", s_module),
+                    ("per_vm_nodisks", s_one_nodisk), ("per_vm_naive", s_naive), ("per_vm_session", s_session),
+                    ("loop_extrapolated", s_loop), ("module", s_module),
                     ("module_nodisks", s_module_nodisk), ("ansible_ping", s_ping)))
         log("")
         log("VMs: %d" % count)
@@ -160,13 +190,19 @@ def main():
         log("ratio per-vm / bulk, without disks: %6.1fx" % (med["per_vm_nodisks"] / med["bulk_nodisks"]))
         log("ratio bulk-pyvmomi / bulk (fast reader gain): %6.1fx" % (med["bulk_pyvmomi"] / med["bulk"]))
         log("ratio per-vm-naive / bulk:  %6.1fx" % (med["per_vm_naive"] / med["bulk"]))
+        log("ratio per-vm-session / bulk: %6.1fx  (the seed endpoint's one-login-per-VM pattern)"
+            % (med["per_vm_session"] / med["bulk"]))
         log("ratio per-vm / module run:  %6.1fx" % (med["per_vm"] / med["module"]))
+        log("ratio ansible loop (extrapolated) / module run: %6.1fx" % (med["loop_extrapolated"] / med["module"]))
         figures = {"vms": count, "median_seconds": med,
                    "samples": {"bulk": s_bulk, "bulk_pyvmomi": s_slow, "bulk_nodisks": s_nodisk, "per_vm": s_one,
-                               "per_vm_nodisks": s_one_nodisk, "per_vm_naive": s_naive, "module": s_module,
+                               "per_vm_nodisks": s_one_nodisk, "per_vm_naive": s_naive,
+                               "per_vm_session": s_session, "loop_extrapolated": s_loop, "module": s_module,
                                "module_nodisks": s_module_nodisk, "ansible_ping": s_ping},
                    "ratio_per_vm_over_bulk": med["per_vm"] / med["bulk"],
                    "ratio_naive_over_bulk": med["per_vm_naive"] / med["bulk"],
+                   "ratio_session_over_bulk": med["per_vm_session"] / med["bulk"],
+                   "ratio_loop_over_module": med["loop_extrapolated"] / med["module"],
                    "load_average": os.getloadavg()}
     finally:
         sim.stop()

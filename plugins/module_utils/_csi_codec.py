@@ -217,9 +217,11 @@ def _column(region, start, stride, width, count):
     # Each 8-byte lane now holds 7-bit groups in byte order; squeeze out the gaps (SWAR).
     value = int.from_bytes(bytes(packed), "little")
     m1, m2, m3, m4, m5, m6 = _masks(count)
-    value = (value & m1) | ((value >> 1) & m2)
-    value = (value & m3) | ((value >> 2) & m4)
-    value = (value & m5) | ((value >> 4) & m6)
+    value = (value & m1) | ((value >> 1) & m2)      # 2 bytes -> 14 bits
+    if width > 2:
+        value = (value & m3) | ((value >> 2) & m4)  # 4 bytes -> 28 bits
+        if width > 4:
+            value = (value & m5) | ((value >> 4) & m6)  # 8 bytes -> 56 bits
     return list(struct.unpack("<%dQ" % count, value.to_bytes(8 * count, "little")))
 
 

@@ -50,7 +50,7 @@ def argument_spec():
         driver=dict(type="str"),
         service_account=dict(type="str"),
         service_account_namespace=dict(type="str"),
-        token_expiration=dict(type="int", default=3600),
+        token_expiration=dict(type="int", default=3600, no_log=False),
         sms_address=dict(type="str"),
         sms_ca_cert=dict(type="str"),
         sms_audience=dict(type="str"),

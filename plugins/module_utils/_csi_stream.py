@@ -261,23 +261,28 @@ class _BatchExtentWriter(ExtentFileWriter):
     """ExtentFileWriter with a batch path: one formatted write per message instead of one
     ``add()`` call per extent (extents arrive validated, sorted and non-overlapping)."""
 
-    def add_batch(self, offsets, sizes):
+    def add_batch(self, offsets, sizes, total=None, uniform=False):
+        """``total``: sum of ``sizes`` if known; ``uniform``: all sizes are equal."""
         count = len(offsets)
         if not count:
             return
         if offsets[0] < self._end:
             raise ExtentError("extent at offset %d overlaps or precedes the previous extent ending at %d"
                               % (offsets[0], self._end))
-        pairs = [0] * (2 * count)
-        pairs[0::2] = offsets
-        pairs[1::2] = sizes
         if self._lines:
             self._file.write("".join(self._lines))
             self._lines = []
-        self._file.write(("%d %d\n" * count) % tuple(pairs))
+        if uniform:
+            tail = " %d\n" % sizes[0]
+            self._file.write(tail.join(map(str, offsets)) + tail)
+        else:
+            pairs = [0] * (2 * count)
+            pairs[0::2] = offsets
+            pairs[1::2] = sizes
+            self._file.write(("%d %d\n" * count) % tuple(pairs))
         self._end = offsets[-1] + sizes[-1]
         self.count += count
-        self.bytes += sum(sizes)
+        self.bytes += sum(sizes) if total is None else total
 
 
 class ExtentSink:
@@ -302,23 +307,25 @@ class ExtentSink:
             meta["block_metadata_type"] = BLOCK_METADATA_TYPES.get(block_type, block_type) if block_type else None
             self.writer = _BatchExtentWriter(self.path, meta)
 
-    def _emit(self, offsets, sizes):
+    def _emit(self, offsets, sizes, uniform=False):
         count = len(offsets)
         if not count:
             return
+        total = count * sizes[0] if uniform else sum(sizes)
         self.count += count
-        self.bytes += sum(sizes)
+        self.bytes += total
         room = self.limit - len(self.kept)
         if room > 0:
             self.kept.extend(zip(offsets[:room], sizes[:room]))
         if self.writer is not None:
-            self.writer.add_batch(offsets, sizes)
+            self.writer.add_batch(offsets, sizes, total, uniform)
 
-    def add(self, offsets, sizes):
+    def add(self, offsets, sizes, uniform=False):
+        """Add validated extents; ``uniform`` says every size is the same (FIXED_LENGTH)."""
         if not offsets:
             return
         if not self.coalesce:
-            self._emit(offsets, sizes)
+            self._emit(offsets, sizes, uniform)
             return
         # Merge touching extents: a run ends wherever end[i] != offset[i+1].
         ends = list(map(add, offsets, sizes))
@@ -404,7 +411,7 @@ class StreamRunner:
                     if validator.capacity is not None:
                         sink.open(validator.capacity, validator.block_type)
                     if offsets:
-                        sink.add(offsets, sizes)
+                        sink.add(offsets, sizes, validator.block_type == 1 and validator.clipped == 0)
                         offset = validator.end
                         progressed = True
                 return

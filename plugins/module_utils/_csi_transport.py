@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import os
 import select
 import selectors
 import socket
@@ -21,6 +22,8 @@ import traceback
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_stream import StreamFailure
 
 try:
+    # grpc's C core logs reconnects and GOAWAYs on stderr at INFO level; keep only errors unless asked.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     import grpc
     HAS_GRPC = True
     GRPC_IMP_ERR = None
@@ -83,8 +86,7 @@ class GrpcTransport:
         finished = False
         try:
             try:
-                for message in call:
-                    yield message
+                yield from call
             except grpc.RpcError as exc:
                 self._failed = True
                 code = exc.code() if hasattr(exc, "code") else None

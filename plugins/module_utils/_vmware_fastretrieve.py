@@ -141,12 +141,21 @@ def _is(cls, base):
     return known
 
 
+# The device fields the CBT modules read (describe_disks); other fields of kept devices are skipped.
+DEVICE_FIELDS = frozenset([
+    "key", "deviceInfo", "label", "summary", "controllerKey", "unitNumber", "busNumber", "capacityInKB",
+    "capacityInBytes", "backing", "fileName", "descriptorFileName", "diskMode", "changeId", "compatibilityMode",
+    "deviceName", "lunUuid", "uuid", "thinProvisioned", "sharing",
+])
+
+
 class Converter(object):
     """XML element -> Python/pyVmomi value, with an optional device filter."""
 
-    def __init__(self, stub, keep_device=None):
+    def __init__(self, stub, keep_device=None, device_fields=DEVICE_FIELDS):
         self.stub = stub
         self.keep_device = keep_device
+        self.device_fields = device_fields
 
     def primitive(self, text, cls, name):
         text = text or ""
@@ -208,14 +217,16 @@ class Converter(object):
         for child, cls in typed:
             key = child.find("{%s}key" % VIM_NS)
             if self.keep_device(cls, (key.text or "").strip() if key is not None else None, controller_keys):
-                out.append(self.data_object(child, cls))
+                out.append(self.data_object(child, cls, self.device_fields))
         return out
 
-    def data_object(self, elem, cls):
+    def data_object(self, elem, cls, fields=None):
         obj = cls()
         arrays = {}
         for child in elem:
             field = _local(child.tag)
+            if fields is not None and field not in fields:
+                continue
             try:
                 info = cls._GetPropertyInfo(field)
             except (AttributeError, KeyError):
@@ -224,6 +235,9 @@ class Converter(object):
             try:
                 if _is(ptype, list):
                     arrays.setdefault(field, []).append(self.value(child, ptype.Item))
+                elif fields is not None and _is(ptype, VmomiSupport.DataObject):
+                    xsi = child.get(XSI_TYPE)
+                    setattr(obj, field, self.data_object(child, _wsdl_type(xsi) if xsi else ptype, fields))
                 else:
                     setattr(obj, field, self.value(child, ptype))
             except (TypeError, ValueError, FastPathUnavailable):

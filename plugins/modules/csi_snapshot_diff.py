@@ -456,11 +456,11 @@ def main():
         module.fail_json(msg=exc.msg, **exc.extra)
     except K8sConnectionError as exc:
         module.fail_json(msg=str(exc))
-    except ApiException as exc:
-        module.fail_json(msg=api_error_message(exc, "a Kubernetes API call"))
     except (ExtentError, IOError, OSError) as exc:
         module.fail_json(msg="writing the extent file %s failed: %s" % (module.params.get("output_file"), exc),
                          exception=traceback.format_exc())
+    except ApiException as exc:  # ApiException is Exception itself when kubernetes is missing: keep it last
+        module.fail_json(msg=api_error_message(exc, "a Kubernetes API call"))
     module.exit_json(changed=False, **result)
 
 

@@ -371,4 +371,3 @@ class SnapshotBed:
             "ports": [{"name": "grpc", "port": target_port, "protocol": "TCP"}],
             "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": True},
                            "targetRef": {"kind": "Pod", "name": "%s-ctrlplugin-0" % app, "namespace": namespace}}]})
-

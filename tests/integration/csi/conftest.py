@@ -88,4 +88,3 @@ def fake_service(beta_bed):
     yield make
     for svc in made:
         svc.stop()
-

@@ -11,7 +11,8 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from testbed import ansible_run  # noqa: F401  (makes ansible_collections.cbt.toolkit importable)
+# importing ansible_run makes ansible_collections.cbt.toolkit importable
+from testbed import ansible_run  # noqa: F401 pylint: disable=unused-import
 from testbed.csi import CsiTestDriver, ServingCert, Sidecar, SnapshotBed
 from testbed.kube import KubeCluster
 
@@ -52,7 +53,7 @@ class VolumeModel:
 
     def scribble(self, rng: random.Random, writes: int = 12, max_blocks: int = 6) -> None:
         """Random writes, some unaligned, some of zeros (which free blocks), some rewriting equal bytes."""
-        for _ in range(writes):
+        for _write in range(writes):
             off = rng.randrange(0, self.size - max_blocks * BLOCK)
             if rng.random() < 0.5:
                 off -= off % BLOCK
@@ -63,7 +64,7 @@ class VolumeModel:
             elif kind < 0.25:
                 self.write(off, bytes(self.data[off:off + length]))  # same bytes: no change
             else:
-                self.write(off, bytes(rng.getrandbits(8) or 1 for _ in range(length)))
+                self.write(off, bytes(rng.getrandbits(8) or 1 for _byte in range(length)))
 
     def snapshot(self, name: str | None = None, ready: bool = True, publish: bool = True) -> str:
         """Take a snapshot in the driver and publish VolumeSnapshot + VolumeSnapshotContent."""

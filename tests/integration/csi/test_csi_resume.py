@@ -26,7 +26,7 @@ def random_volume(rng, count):
     extents = []
     off = rng.randrange(0, 3) * 4096
     variable = rng.random() < 0.5
-    for _ in range(count):
+    for _extent in range(count):
         size = 4096 * (rng.randint(1, 64) if variable else 1)
         extents.append((off, size))
         off += size + 4096 * rng.randint(1 if variable else 0, 5)
@@ -91,7 +91,7 @@ class CuttingProxy:
     def _accept(self):
         while not self.closed:
             try:
-                client, _ = self.sock.accept()
+                client, _addr = self.sock.accept()
             except OSError:
                 return
             self.connections += 1
@@ -160,7 +160,7 @@ def test_random_cuts_through_the_real_sidecar(beta_bed, trial):
     expected = vol.expected(snap)
     per = rng.choice((2, 5, 9))
     assert len(expected) > 9 * per, "the scribbles allocated too little; pick another seed"
-    cuts = [rng.randint(1, 3) for _ in range(3)]  # messages into each stream before it breaks
+    cuts = [rng.randint(1, 3) for _cut in range(3)]  # messages into each stream before it breaks
     for after in cuts:
         chain.driver.fault(rng.choice(["UNAVAILABLE", "INTERNAL", "DEADLINE_EXCEEDED"]), after_messages=after,
                            message="random cut", rpc="GetMetadataAllocated")

@@ -26,8 +26,8 @@ BIN = Path(sys.executable).parent
 def _run(argv, cwd):
     proc = subprocess.run([str(a) for a in argv], cwd=str(cwd), capture_output=True, text=True, timeout=600,
                           check=False)
-    assert proc.returncode == 0, "%s failed (%d)\n%s\n%s" % (argv, proc.returncode, proc.stdout[-4000:],
-                                                            proc.stderr[-4000:])
+    assert proc.returncode == 0, "%s failed (%d)\n%s\n%s" % (
+        argv, proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:])
     return proc
 
 

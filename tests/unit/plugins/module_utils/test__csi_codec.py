@@ -95,11 +95,11 @@ def test_decode_matches_general_and_input(tuples):
 
 def test_decode_random_fuzz_against_general():
     rng = random.Random(1234)
-    for _ in range(3000):
+    for _trial in range(3000):
         count = rng.randint(0, 60)
         magnitude = rng.choice((7, 14, 21, 28, 35, 42, 49, 56, 62))
         offsets = sorted(rng.sample(range(0, 1 << magnitude), min(count, (1 << magnitude) - 1)))
-        sizes = [rng.choice((1, 4096, 65536, 4 << 20, rng.randint(1, 1 << 40))) for _ in offsets]
+        sizes = [rng.choice((1, 4096, 65536, 4 << 20, rng.randint(1, 1 << 40))) for _off in offsets]
         tuples = list(zip(offsets, sizes))
         msg = pb_response(rng.choice((0, 1, 2)), rng.randint(0, 1 << 50), tuples,
                           order=rng.choice(("normal", "header_last")))

@@ -98,7 +98,7 @@ def volume(count=200, seed=0, size=4096, fixed=True):
     rng = random.Random(seed)
     out = []
     off = 0
-    for _ in range(count):
+    for _extent in range(count):
         off += size * rng.randint(0 if out else 0, 3)
         length = size if fixed else size * rng.randint(1, 4)
         out.append((off, length))
@@ -322,3 +322,12 @@ def test_file_matches_stream_without_coalescing(tmp_path):
     meta, extents = read_extent_file(path)
     assert extents == tuples and meta["block_metadata_type"] == "VARIABLE_LENGTH"
     assert len(sink.kept) == 10 and sink.count == 500
+
+
+def test_fixed_length_file_uses_the_uniform_writer(tmp_path):
+    path = str(tmp_path / "fixed.extents")
+    tuples, cap = volume(count=700, seed=4, fixed=True)
+    runner, sink = run(Server(tuples, cap, block_type=1, per=256), sink=st.ExtentSink(path, limit=0))
+    meta, extents = read_extent_file(path)
+    assert extents == tuples and meta["block_metadata_type"] == "FIXED_LENGTH"
+    assert sink.bytes == 700 * 4096 and sink.kept == [] and runner.validator.fixed_size == 4096

@@ -68,7 +68,7 @@ def test_answer_is_parsed_into_the_same_values_pyvmomi_gives():
     # the IDE controller (no disk on it) and the NIC are skipped
     assert [type(d).__name__ for d in devices] == ["vim.vm.device.ParaVirtualSCSIController",
                                                    "vim.vm.device.VirtualDisk", "vim.vm.device.VirtualDisk"]
-    assert devices[0].device == [2000, 2001]
+    assert devices[0].busNumber == 0 and devices[0].key == 1000
     disks = describe_disks(devices)
     assert disks[0]["change_id"] == CID and disks[0]["capacity_bytes"] == 1 << 30
     assert disks[0]["device_node"] == "scsi0:0" and disks[0]["label"] == "Hard disk 1" and disks[0]["eligible"]
