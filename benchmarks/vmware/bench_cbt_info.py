@@ -27,6 +27,7 @@ Prints medians, min/max and the ratios; never fails on a slow result.
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
@@ -52,19 +53,49 @@ def log(msg):
     print(msg, flush=True)
 
 
-def timed(func, repeat):
+SERVER_PID = None
+CPU = {}
+
+
+def server_cpu():
+    """CPU seconds the simulator process has used (utime + stime from /proc)."""
+    with open("/proc/%d/stat" % SERVER_PID) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def client_cpu():
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(func, repeat, name=None):
+    """Wall-clock samples; CPU seconds (this process + children + the simulator) go to CPU[name].
+    On a busy machine wall time mostly measures waiting for a core; CPU time does not."""
     samples = []
     result = None
     for _ in range(repeat):
+        cpu0, srv0 = client_cpu(), server_cpu()
         began = time.perf_counter()
         result = func()
         samples.append(time.perf_counter() - began)
+        if name:
+            CPU.setdefault(name, []).append((client_cpu() - cpu0, server_cpu() - srv0))
     return samples, result
 
 
 def describe(name, samples):
-    return "%-13s median %7.3f s  min %7.3f  max %7.3f  (n=%d)" % (
+    text = "%-14s median %8.3f s  min %8.3f  max %8.3f  (n=%d)" % (
         name, statistics.median(samples), min(samples), max(samples), len(samples))
+    if name in CPU:
+        text += "  cpu: client %.2f s + server %.2f s" % (statistics.median(c for c, _s in CPU[name]),
+                                                            statistics.median(s for _c, s in CPU[name]))
+    return text
+
+
+def cpu_total(name):
+    return statistics.median(c + s for c, s in CPU[name])
 
 
 def bulk(client, disks=True, fast=True):
@@ -117,6 +148,8 @@ def main():
 
     per_pool = max(1, args.vms // 2)  # default model: one standalone host + one cluster = two pools
     sim = Vcsim(name="bench-info", username="bench", extra_args=["-vm", str(per_pool)]).start()
+    global SERVER_PID  # pylint: disable=global-statement
+    SERVER_PID = sim.process.proc.pid
     figures = {}
     try:
         client = VmwareClient(sim.host, sim.username, sim.password, port=sim.port, ca_cert=str(sim.ca_file)).connect()
@@ -126,42 +159,34 @@ def main():
         log("simulator: %s, %d VMs (govmomi %s)" % (sim.url, count, sim.handshake.get("govmomi_version")))
         log("load average at start: %s" % (os.getloadavg(),))
 
-        s_bulk, _ = timed(lambda: bulk(client), args.repeat)
+        s_bulk, _ = timed(lambda: bulk(client), args.repeat, "bulk")
         log(describe("bulk", s_bulk))
-        s_slow, _ = timed(lambda: bulk(client, fast=False), max(1, args.repeat // 2))
+        s_slow, _ = timed(lambda: bulk(client, fast=False), max(1, args.repeat // 2), "bulk-pyvmomi")
         log(describe("bulk-pyvmomi", s_slow))
-        s_nodisk, _ = timed(lambda: bulk(client, disks=False), args.repeat)
+        s_nodisk, _ = timed(lambda: bulk(client, disks=False), args.repeat, "bulk-nodisks")
         log(describe("bulk-nodisks", s_nodisk))
-        s_one, names = timed(lambda: per_vm(client, paths), args.per_vm_repeat)
+        s_one, names = timed(lambda: per_vm(client, paths), args.per_vm_repeat, "per-vm")
         assert len(names) == count
         log(describe("per-vm", s_one))
-        s_one_nodisk, _ = timed(lambda: per_vm(client, paths, VM_PROPERTIES_NO_DISKS), args.per_vm_repeat)
+        s_one_nodisk, _ = timed(lambda: per_vm(client, paths, VM_PROPERTIES_NO_DISKS), args.per_vm_repeat,
+                                "per-vm-nodisk")
         log(describe("per-vm-nodisk", s_one_nodisk))
-        s_naive, _ = timed(lambda: per_vm_naive(client, paths), args.per_vm_repeat)
+        s_naive, _ = timed(lambda: per_vm_naive(client, paths), args.per_vm_repeat, "per-vm-naive")
         log(describe("per-vm-naive", s_naive))
-        s_session, _ = timed(lambda: per_vm_session(sim, paths), args.per_vm_repeat)
+        s_session, _ = timed(lambda: per_vm_session(sim, paths), args.per_vm_repeat, "per-vm-sess")
         log(describe("per-vm-sess", s_session))
 
         env = sim.env(validate_certs=True)
-        s_module = []
-        for _ in range(max(1, args.repeat // 2)):
-            began = time.perf_counter()
-            result, run = ansible_run.run_module("vmware_cbt_info", {"include_disks": True}, env=env)
-            s_module.append(time.perf_counter() - began)
+        def module_run(disks):
+            result, run = ansible_run.run_module("vmware_cbt_info", {"include_disks": disks}, env=env)
             if result.get("count") != count:
                 raise SystemExit("module run failed: %r" % run)
+
+        s_module, _ = timed(lambda: module_run(True), max(1, args.repeat // 2), "module")
         log(describe("module", s_module))
-        s_module_nodisk = []
-        for _ in range(max(1, args.repeat // 2)):
-            began = time.perf_counter()
-            result, run = ansible_run.run_module("vmware_cbt_info", {"include_disks": False}, env=env)
-            s_module_nodisk.append(time.perf_counter() - began)
-            if result.get("count") != count:
-                raise SystemExit("module run failed: %r" % run)
+        s_module_nodisk, _ = timed(lambda: module_run(False), max(1, args.repeat // 2), "module-nodisk")
         log(describe("module-nodisk", s_module_nodisk))
-        began = time.perf_counter()
-        ansible_run.run_module("ansible.builtin.ping", {"data": "x"})
-        s_ping = [time.perf_counter() - began]
+        s_ping, _ = timed(lambda: ansible_run.run_module("ansible.builtin.ping", {"data": "x"}), 1, "ansible-ping")
         log(describe("ansible-ping", s_ping) + "  (Ansible's own start-up, for reference)")
         loop_names = [f["name"] for f in facts[:args.loop_vms]]
         play = [{"hosts": "localhost", "gather_facts": False, "tasks": [
@@ -185,8 +210,16 @@ def main():
         log("bulk retrieval:          %.3f s  (%.2f ms per VM)" % (med["bulk"], 1000 * med["bulk"] / count))
         log("module through ansible:  %.3f s  (target: under 3 s; without disks %.3f s; ansible ping %.3f s)"
             % (med["module"], med["module_nodisks"], med["ansible_ping"]))
+        log("module CPU seconds (ansible + module + simulator): %.2f; ansible ping alone %.2f"
+            % (cpu_total("module"), cpu_total("ansible-ping")))
         log("bulk without disks:      %.3f s" % med["bulk_nodisks"])
         log("ratio per-vm / bulk:        %6.1fx  (target: at least 20x)" % (med["per_vm"] / med["bulk"]))
+        log("CPU seconds (client + simulator), load-independent: bulk %.2f, per-vm %.2f -> %.1fx; "
+            "bulk without disks %.2f, per-vm without disks %.2f -> %.1fx; per-vm-session %.2f -> %.1fx"
+            % (cpu_total("bulk"), cpu_total("per-vm"), cpu_total("per-vm") / cpu_total("bulk"),
+               cpu_total("bulk-nodisks"), cpu_total("per-vm-nodisk"),
+               cpu_total("per-vm-nodisk") / cpu_total("bulk-nodisks"),
+               cpu_total("per-vm-sess"), cpu_total("per-vm-sess") / cpu_total("bulk")))
         log("ratio per-vm / bulk, without disks: %6.1fx" % (med["per_vm_nodisks"] / med["bulk_nodisks"]))
         log("ratio bulk-pyvmomi / bulk (fast reader gain): %6.1fx" % (med["bulk_pyvmomi"] / med["bulk"]))
         log("ratio per-vm-naive / bulk:  %6.1fx" % (med["per_vm_naive"] / med["bulk"]))
@@ -203,6 +236,7 @@ def main():
                    "ratio_naive_over_bulk": med["per_vm_naive"] / med["bulk"],
                    "ratio_session_over_bulk": med["per_vm_session"] / med["bulk"],
                    "ratio_loop_over_module": med["loop_extrapolated"] / med["module"],
+                   "cpu_seconds": dict((k, cpu_total(k)) for k in CPU),
                    "load_average": os.getloadavg()}
     finally:
         sim.stop()

@@ -257,34 +257,6 @@ class TupleValidator:
         return offsets, sizes
 
 
-class _BatchExtentWriter(ExtentFileWriter):
-    """ExtentFileWriter with a batch path: one formatted write per message instead of one
-    ``add()`` call per extent (extents arrive validated, sorted and non-overlapping)."""
-
-    def add_batch(self, offsets, sizes, total=None, uniform=False):
-        """``total``: sum of ``sizes`` if known; ``uniform``: all sizes are equal."""
-        count = len(offsets)
-        if not count:
-            return
-        if offsets[0] < self._end:
-            raise ExtentError("extent at offset %d overlaps or precedes the previous extent ending at %d"
-                              % (offsets[0], self._end))
-        if self._lines:
-            self._file.write("".join(self._lines))
-            self._lines = []
-        if uniform:
-            tail = " %d\n" % sizes[0]
-            self._file.write(tail.join(map(str, offsets)) + tail)
-        else:
-            pairs = [0] * (2 * count)
-            pairs[0::2] = offsets
-            pairs[1::2] = sizes
-            self._file.write(("%d %d\n" * count) % tuple(pairs))
-        self._end = offsets[-1] + sizes[-1]
-        self.count += count
-        self.bytes += sum(sizes) if total is None else total
-
-
 class ExtentSink:
     """Collects validated extents: counts them, keeps the first ``limit`` for the result and writes
     all of them to ``path`` (atomically, in the shared extent format) when a path is given."""
@@ -305,7 +277,7 @@ class ExtentSink:
             meta = dict(self.metadata)
             meta["capacity"] = capacity
             meta["block_metadata_type"] = BLOCK_METADATA_TYPES.get(block_type, block_type) if block_type else None
-            self.writer = _BatchExtentWriter(self.path, meta)
+            self.writer = ExtentFileWriter(self.path, meta)
 
     def _emit(self, offsets, sizes, uniform=False):
         count = len(offsets)

@@ -207,6 +207,33 @@ class ExtentFileWriter:
         for off, length in extents:
             self.add(off, length)
 
+    def add_batch(self, offsets, sizes, total=None, uniform=False):
+        """Append many validated extents with one formatted write (the fast path for streams).
+
+        ``offsets``/``sizes``: parallel sequences, sorted and non-overlapping; ``total``: their
+        byte sum if already known; ``uniform``: every size is equal.
+        """
+        count = len(offsets)
+        if not count:
+            return
+        if offsets[0] < self._end:
+            raise ExtentError("extent at offset %d overlaps or precedes the previous extent ending at %d"
+                              % (offsets[0], self._end))
+        if self._lines:
+            self._file.write("".join(self._lines))
+            self._lines = []
+        if uniform:
+            tail = " %d\n" % sizes[0]
+            self._file.write(tail.join(map(str, offsets)) + tail)
+        else:
+            pairs = [0] * (2 * count)
+            pairs[0::2] = offsets
+            pairs[1::2] = sizes
+            self._file.write(("%d %d\n" * count) % tuple(pairs))
+        self._end = offsets[-1] + sizes[-1]
+        self.count += count
+        self.bytes += sum(sizes) if total is None else total
+
     def close(self):
         self._file.write("".join(self._lines))
         self._lines = []

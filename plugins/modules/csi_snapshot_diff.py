@@ -198,7 +198,7 @@ attributes:
     platforms: posix
 requirements:
   - kubernetes >= 24.2.0
-  - grpcio >= 1.48.0
+  - grpcio >= 1.60.0
 notes:
   - The gRPC messages are encoded by the collection itself, so neither protobuf nor generated stubs are needed.
   - The Kubernetes user needs C(get) on C(volumesnapshots) and C(volumesnapshotcontents)

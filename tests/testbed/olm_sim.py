@@ -241,7 +241,11 @@ class Kube:
         return self.request("PUT", path, obj, ok404=ok404)
 
     def delete(self, path, grace=None):
-        params = {"gracePeriodSeconds": grace} if grace is not None else None
+        # Background propagation, as the namespace controller and the garbage collector do: the API's
+        # default for batch/v1 Jobs is "orphan", whose finalizer only the (absent) garbage collector removes.
+        params = {"propagationPolicy": "Background"}
+        if grace is not None:
+            params["gracePeriodSeconds"] = grace
         return self.request("DELETE", path, params=params, ok404=True)
 
     def apply_crds(self, docs, timeout=30.0):
@@ -947,8 +951,7 @@ class OlmSim:
                  "lastTransitionTime": now()}]
             old = {c["type"]: c.get("message") for c in ns.get("status", {}).get("conditions", [])}
             if old != {c["type"]: c["message"] for c in conditions}:
-                status = dict(ns.get("status", {}), conditions=conditions)
-                self.kube.put("/api/v1/namespaces/%s/status" % name, dict(ns, status=status))
+                self.kube.merge("/api/v1/namespaces/%s/status" % name, {"status": {"conditions": conditions}})
             return
         if "kubernetes" in ns.get("spec", {}).get("finalizers", []):
             fresh = self.kube.get("/api/v1/namespaces/%s" % name)
