@@ -21,7 +21,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._csi_codec import (
     DecodeError,
     decode_response,
 )
-from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentError, ExtentFileWriter
+from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentFileWriter
 
 RETRYABLE_CODES = frozenset(("UNAVAILABLE", "DEADLINE_EXCEEDED", "INTERNAL"))
 
