@@ -41,7 +41,7 @@ from testbed.vcsim import Vcsim  # noqa: E402 pylint: disable=wrong-import-posit
 
 sys.path.insert(0, str(ansible_run.collections_root()))
 
-from pyVmomi import vim, vmodl  # noqa: E402 pylint: disable=wrong-import-position
+from pyVmomi import vim  # noqa: E402 pylint: disable=wrong-import-position
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import (  # noqa: E402
     VmwareClient, object_spec, property_spec)
@@ -75,7 +75,7 @@ def timed(func, repeat, name=None):
     On a busy machine wall time mostly measures waiting for a core; CPU time does not."""
     samples = []
     result = None
-    for _ in range(repeat):
+    for _round in range(repeat):
         cpu0, srv0 = client_cpu(), server_cpu()
         began = time.perf_counter()
         result = func()
@@ -89,8 +89,9 @@ def describe(name, samples):
     text = "%-14s median %8.3f s  min %8.3f  max %8.3f  (n=%d)" % (
         name, statistics.median(samples), min(samples), max(samples), len(samples))
     if name in CPU:
-        text += "  cpu: client %.2f s + server %.2f s" % (statistics.median(c for c, _s in CPU[name]),
-                                                            statistics.median(s for _c, s in CPU[name]))
+        client = statistics.median(c for c, _s in CPU[name])
+        server = statistics.median(s for _c, s in CPU[name])
+        text += "  cpu: client %.2f s + server %.2f s" % (client, server)
     return text
 
 
@@ -102,12 +103,12 @@ def bulk(client, disks=True, fast=True):
     return [vm_facts(r, include_disks=disks) for r in collect_vms(client, include_disks=disks, fast=fast)]
 
 
-def per_vm(client, paths, props=VM_PROPERTIES):
+def per_vm(client, paths, props=None):
     out = []
     search = client.content.searchIndex
     for path in paths:
         vm = search.FindByInventoryPath(path.lstrip("/"))
-        rows = client.retrieve([object_spec(vm)], [property_spec(vim.VirtualMachine, props)])
+        rows = client.retrieve([object_spec(vm)], [property_spec(vim.VirtualMachine, props or VM_PROPERTIES)])
         out.append(rows[0][1].get("name"))
     return out
 
@@ -159,34 +160,35 @@ def main():
         log("simulator: %s, %d VMs (govmomi %s)" % (sim.url, count, sim.handshake.get("govmomi_version")))
         log("load average at start: %s" % (os.getloadavg(),))
 
-        s_bulk, _ = timed(lambda: bulk(client), args.repeat, "bulk")
+        s_bulk, _unused = timed(lambda: bulk(client), args.repeat, "bulk")
         log(describe("bulk", s_bulk))
-        s_slow, _ = timed(lambda: bulk(client, fast=False), max(1, args.repeat // 2), "bulk-pyvmomi")
+        s_slow, _unused = timed(lambda: bulk(client, fast=False), max(1, args.repeat // 2), "bulk-pyvmomi")
         log(describe("bulk-pyvmomi", s_slow))
-        s_nodisk, _ = timed(lambda: bulk(client, disks=False), args.repeat, "bulk-nodisks")
+        s_nodisk, _unused = timed(lambda: bulk(client, disks=False), args.repeat, "bulk-nodisks")
         log(describe("bulk-nodisks", s_nodisk))
         s_one, names = timed(lambda: per_vm(client, paths), args.per_vm_repeat, "per-vm")
         assert len(names) == count
         log(describe("per-vm", s_one))
-        s_one_nodisk, _ = timed(lambda: per_vm(client, paths, VM_PROPERTIES_NO_DISKS), args.per_vm_repeat,
-                                "per-vm-nodisk")
+        s_one_nodisk, _unused = timed(lambda: per_vm(client, paths, VM_PROPERTIES_NO_DISKS), args.per_vm_repeat,
+                                      "per-vm-nodisk")
         log(describe("per-vm-nodisk", s_one_nodisk))
-        s_naive, _ = timed(lambda: per_vm_naive(client, paths), args.per_vm_repeat, "per-vm-naive")
+        s_naive, _unused = timed(lambda: per_vm_naive(client, paths), args.per_vm_repeat, "per-vm-naive")
         log(describe("per-vm-naive", s_naive))
-        s_session, _ = timed(lambda: per_vm_session(sim, paths), args.per_vm_repeat, "per-vm-sess")
+        s_session, _unused = timed(lambda: per_vm_session(sim, paths), args.per_vm_repeat, "per-vm-sess")
         log(describe("per-vm-sess", s_session))
 
         env = sim.env(validate_certs=True)
+
         def module_run(disks):
             result, run = ansible_run.run_module("vmware_cbt_info", {"include_disks": disks}, env=env)
             if result.get("count") != count:
                 raise SystemExit("module run failed: %r" % run)
 
-        s_module, _ = timed(lambda: module_run(True), max(1, args.repeat // 2), "module")
+        s_module, _unused = timed(lambda: module_run(True), max(1, args.repeat // 2), "module")
         log(describe("module", s_module))
-        s_module_nodisk, _ = timed(lambda: module_run(False), max(1, args.repeat // 2), "module-nodisk")
+        s_module_nodisk, _unused = timed(lambda: module_run(False), max(1, args.repeat // 2), "module-nodisk")
         log(describe("module-nodisk", s_module_nodisk))
-        s_ping, _ = timed(lambda: ansible_run.run_module("ansible.builtin.ping", {"data": "x"}), 1, "ansible-ping")
+        s_ping, _unused = timed(lambda: ansible_run.run_module("ansible.builtin.ping", {"data": "x"}), 1, "ansible-ping")
         log(describe("ansible-ping", s_ping) + "  (Ansible's own start-up, for reference)")
         loop_names = [f["name"] for f in facts[:args.loop_vms]]
         play = [{"hosts": "localhost", "gather_facts": False, "tasks": [

@@ -237,7 +237,9 @@ def predicted_after(facts, state, steps):
     for disk in disks:
         if not disk["eligible"]:
             continue
-        if state == "reset":
+        if state == "disabled" and "disable" in steps:
+            disk["change_id"] = None
+        elif state == "reset":
             disk["change_id"] = "(new changeId after the reset)"
         elif "initialize" in steps and not disk["change_id"]:
             disk["change_id"] = "(assigned by the initialisation)"

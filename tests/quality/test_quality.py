@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.ansible_run import collections_root
 from testbed.core import REPO_ROOT, cache_dir, output_dir
 from testbed.stage import stage_collection
 
@@ -76,7 +77,8 @@ def test_ansible_test_units(staged):
 
 def test_ansible_lint_production_profile():
     proc = _run([VENV_BIN / "ansible-lint", "--offline", "--profile", "production", "--nocolor"], REPO_ROOT,
-                env={"ANSIBLE_HOME": str(output_dir() / "ansible-lint-home")})
+                env={"ANSIBLE_HOME": str(output_dir() / "ansible-lint-home"),
+                     "ANSIBLE_COLLECTIONS_PATH": str(collections_root())})
     assert proc.returncode == 0, _explain(proc)
     assert "passed" in (proc.stdout + proc.stderr).lower(), _explain(proc)
 

@@ -155,7 +155,6 @@ def assert_clean_failure(result, run, kind=None, words=()):
         assert word in result["msg"], result["msg"]
 
 
-
 def run_tasks(run_playbook, tasks, env=None):
     """Run several module calls in ONE ansible-playbook (one Ansible start-up).
 

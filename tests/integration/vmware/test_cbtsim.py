@@ -200,7 +200,7 @@ def test_changed_areas_equal_the_workload_writes_across_rounds_and_page_sizes(ru
     geometries = [(2000, 8 * MiB), (1, MiB), (3, 0), (2, 3 * MiB + 512)]
     for round_no, (limit, window) in enumerate(geometries, start=1):
         sim.config(page_limit=limit, page_window=window)
-        for _ in range(rng.randint(5, 25)):
+        for _write in range(rng.randint(5, 25)):
             offset = rng.randrange(0, capacity - 300000) // 512 * 512
             length = rng.choice([512, 4096, block, block + 4096, 3 * block - 512, 200000])
             pattern = rng.choice(["random", "random", "zero", "byte:7", "discard"])
@@ -237,8 +237,8 @@ def test_star_equals_the_allocated_areas(run_tasks_env, sim, tmp_path):
     block = sim.config()["block_size"]
     capacity = 32 * MiB
     sim.config(page_limit=5, page_window=2 * MiB)
-    sim.create_vm("filled", disks=[{"size": capacity, "fill": {"random_percent": 30, "seed": 11, "chunk": MiB,
-                                                                "zero_regions": [[3 * MiB + 4096, 65536]]}}])
+    fill = {"random_percent": 30, "seed": 11, "chunk": MiB, "zero_regions": [[3 * MiB + 4096, 65536]]}
+    sim.create_vm("filled", disks=[{"size": capacity, "fill": fill}])
     out = tmp_path / "star.extents"
     (enable, snap, star), run = run_tasks_env([
         ("vmware_cbt", {"name": "filled"}),

@@ -31,12 +31,18 @@ ANSWER = """<?xml version="1.0" encoding="UTF-8"?>
 <propSet><name>rootSnapshot</name><val {x}="ArrayOfManagedObjectReference">
   <ManagedObjectReference type="VirtualMachineSnapshot">snapshot-7</ManagedObjectReference></val></propSet>
 <propSet><name>config.hardware.device</name><val {x}="ArrayOfVirtualDevice">
-  <VirtualDevice {x}="VirtualIDEController"><key>200</key><deviceInfo><label>IDE 0</label><summary>IDE 0</summary></deviceInfo><busNumber>0</busNumber></VirtualDevice>
-  <VirtualDevice {x}="ParaVirtualSCSIController"><key>1000</key><deviceInfo><label>SCSI controller 0</label><summary>x</summary></deviceInfo><busNumber>0</busNumber><device>2000</device><device>2001</device><sharedBus>noSharing</sharedBus><scsiCtlrUnitNumber>7</scsiCtlrUnitNumber></VirtualDevice>
+  <VirtualDevice {x}="VirtualIDEController"><key>200</key>
+    <deviceInfo><label>IDE 0</label><summary>IDE 0</summary></deviceInfo><busNumber>0</busNumber></VirtualDevice>
+  <VirtualDevice {x}="ParaVirtualSCSIController"><key>1000</key>
+    <deviceInfo><label>SCSI controller 0</label><summary>x</summary></deviceInfo><busNumber>0</busNumber>
+    <device>2000</device><device>2001</device><sharedBus>noSharing</sharedBus><scsiCtlrUnitNumber>7</scsiCtlrUnitNumber>
+  </VirtualDevice>
   <VirtualDevice {x}="VirtualE1000"><key>4000</key><deviceInfo><label>Network adapter 1</label><summary>VM Network</summary></deviceInfo></VirtualDevice>
   <VirtualDevice {x}="VirtualDisk"><key>2000</key><deviceInfo><label>Hard disk 1</label><summary>x</summary></deviceInfo>
-    <backing {x}="VirtualDiskFlatVer2BackingInfo"><fileName>[ds] vm/vm.vmdk</fileName><diskMode>persistent</diskMode><thinProvisioned>true</thinProvisioned><changeId>{cid}</changeId><futureField>ignored</futureField></backing>
-    <controllerKey>1000</controllerKey><unitNumber>0</unitNumber><capacityInKB>1048576</capacityInKB><capacityInBytes>1073741824</capacityInBytes></VirtualDevice>
+    <backing {x}="VirtualDiskFlatVer2BackingInfo"><fileName>[ds] vm/vm.vmdk</fileName><diskMode>persistent</diskMode>
+      <thinProvisioned>true</thinProvisioned><changeId>{cid}</changeId><futureField>ignored</futureField></backing>
+    <controllerKey>1000</controllerKey><unitNumber>0</unitNumber>
+    <capacityInKB>1048576</capacityInKB><capacityInBytes>1073741824</capacityInBytes></VirtualDevice>
   <VirtualDevice {x}="VirtualDisk"><key>2001</key><deviceInfo><label>Hard disk 2</label><summary>x</summary></deviceInfo>
     <backing {x}="VirtualDiskFlatVer2BackingInfo"><fileName>[ds] vm/vm_1.vmdk</fileName><diskMode>independent_persistent</diskMode></backing>
     <controllerKey>1000</controllerKey><unitNumber>1</unitNumber><capacityInBytes>4096</capacityInBytes></VirtualDevice>

@@ -64,6 +64,7 @@ def inventory(monkeypatch):
     monkeypatch.setattr(vmod.VmwareModule, "close", lambda self: None)
     monkeypatch.setattr(mod, "collect_vms", collect)
     monkeypatch.setattr(mod, "scope_container", lambda client, **kw: ("root", "the whole inventory"))
+
     def find_vm(client, **kw):
         state["find_calls"].append(kw)
         if kw.get("name") == "dup":
