@@ -123,7 +123,9 @@ def odf_catalog(version: str = "4.20") -> list:
         cephcsi_image = "quay.io/ocs-dev/cephcsi-operator:release-4.19"
     else:
         raise ValueError("no simulated catalog for ODF %s" % version)
-    img = lambda name: "quay.io/ocs-dev/%s:%s" % (name, v)  # noqa: E731
+    def img(name):
+        return "quay.io/ocs-dev/%s:%s" % (name, v)
+
     bundles = [
         Bundle("odf-operator", "odf-operator.v%s" % v,
                [("odf-operator-controller-manager", "manager", img("odf-operator"))],
@@ -530,7 +532,7 @@ class OlmSim:
             return
         self.kube.merge(res_path("%s/v1alpha1" % OLM_GROUP, "clusterserviceversions", csv["metadata"]["namespace"],
                                  csv["metadata"]["name"], "status"), {"status": {
-            "phase": phase, "reason": reason, "message": message, "lastUpdateTime": now(), "lastTransitionTime": now()}})
+                                     "phase": phase, "reason": reason, "message": message, "lastUpdateTime": now(), "lastTransitionTime": now()}})
         self._record("CSV %s %s" % (csv["metadata"]["name"], phase))
 
     def _csv(self, csv):
@@ -829,7 +831,7 @@ class OlmSim:
             if self.held("CephCluster", cc_name):
                 k.merge(cc_path + "/status", {"status": {"phase": "Deleting", "message":
                         "CephCluster deletion blocked: CephBlockPoolRadosNamespace ocs-storagecluster-cephblockpool-builtin-implicit"
-                        " still exists (simulated)"}})
+                                                         " still exists (simulated)"}})
                 return
             cc = k.get(cc_path)
             if cc is not None:

@@ -244,7 +244,7 @@ def test_powered_off_vm_tracks_at_once_and_power_on_is_a_stun(sim, si):
 
     info2, vm2 = new_vm(sim, si, "poweron", power_state="poweredOff")
     run(vm2.ReconfigVM_Task(vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key="ctkEnabled",
-                                                                                 value="TRUE")])))
+                                                                                  value="TRUE")])))
     assert vm2.config.changeTrackingEnabled is True, "ctkEnabled in extraConfig is the same switch"
     run(vm2.PowerOnVM_Task())
     assert CHANGE_ID_RE.match(change_id(vm2.config))
@@ -386,7 +386,7 @@ def test_disable_reset_and_invalidation_change_the_uuid(sim, si):
     after = sim.invalidate_ctk(info["moid"])
     cid3 = after["disks"][0]["change_id"]
     assert CHANGE_ID_RE.match(cid3).group(1) not in (CHANGE_ID_RE.match(cid2).group(1),
-                                                      CHANGE_ID_RE.match(cid1).group(1))
+                                                     CHANGE_ID_RE.match(cid1).group(1))
     assert change_id(vm.config) == cid3
     s3 = snapshot(vm, "s3")
     with pytest.raises(vim.fault.FileFault) as exc:

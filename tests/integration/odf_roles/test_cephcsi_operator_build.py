@@ -80,7 +80,7 @@ def elf_arch(data: bytes) -> str:
 
 @pytest.mark.slow
 def test_binary_method_cross_builds_pushes_verifies_and_is_idempotent(run_playbook, operator_repo, registry,
-                                                                        buildah_storage, tmp_path):
+                                                                      buildah_storage, tmp_path):
     extra = build_vars(operator_repo, registry, buildah_storage, tmp_path,
                        cephcsi_operator_build_go_ldflags="-X main.version=cbt-test")
     tag = operator_repo["commit"][:12]
@@ -161,7 +161,7 @@ def test_compile_error_fails_loudly_and_pushes_nothing(run_playbook, operator_re
 
 @pytest.mark.slow
 def test_prebuilt_binary_for_wrong_architecture_is_refused(run_playbook, operator_repo, registry, buildah_storage,
-                                                          tmp_path):
+                                                           tmp_path):
     extra = build_vars(operator_repo, registry, buildah_storage, tmp_path,
                        cephcsi_operator_build_binary=str(operator_repo["path"] / "prebuilt" / "manager-linux-amd64"),
                        cephcsi_operator_build_image="%s/cbt/cephcsi-operator-prebuilt" % registry.host)

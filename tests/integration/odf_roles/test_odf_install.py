@@ -112,7 +112,7 @@ def test_install_plan_outside_the_expected_csvs_is_not_approved(odf_env, run_pla
     env = odf_env
     pinned = [c for c in CSVS_420 if not c.startswith("recipe.")]
     run = run_playbook(INSTALL, extra_vars=install_vars(env, odf_install_expected_csvs=pinned,
-                                                       odf_install_timeout_csvs=5))
+                                                        odf_install_timeout_csvs=5))
     assert run.rc != 0
     plans = env.kube.list(res_path("operators.coreos.com/v1alpha1", "installplans", NS))
     assert len(plans) == 1 and plans[0]["spec"]["approved"] is False

@@ -81,7 +81,7 @@ def test_uninstall_refusals_then_documented_order_and_idempotence(odf_env, run_p
     add_leftovers(env)
     sc_path = res_path("ocs.openshift.io/v1", "storageclusters", NS, "ocs-storagecluster")
     base = uninstall_vars(env, odf_uninstall_catalog_sources=[{"name": "odf-catalogsource",
-                                                                "namespace": "openshift-marketplace"}])
+                                                               "namespace": "openshift-marketplace"}])
 
     # 1. No confirmation: the inventory runs, nothing is touched.
     run = run_playbook(UNINSTALL_PLAYBOOK, extra_vars=base)
@@ -172,7 +172,7 @@ def test_forced_uninstall_with_hanging_finalizers_and_sweep(odf_env, run_playboo
     assert env.kube.get("/api/v1/namespaces/app/persistentvolumeclaims/data") is not None
 
     assert_idempotent(run_playbook(UNINSTALL_PLAYBOOK, extra_vars=uninstall_vars(env, odf_uninstall_finalizer_sweep=True,
-                                                                                  **short)))
+                                                                                 **short)))
     env.assert_sim_healthy()
 
 

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: cbt.toolkit contributors
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The vm_migration role end to end on the CBT simulator, in one migration run of five VMs:
+"""The vm_migration role end to end on the CBT simulator, in one migration run of seven VMs:
 
 * e2e-web    CBT off, auto-enable on (default)  -> enabled by the gate; image-file target
 * e2e-db     CBT on, two disks                   -> disk 2000 to an NBD export (qemu-nbd on an image),
@@ -9,6 +9,8 @@
 * e2e-plain  CBT off, vm_migration_auto_cbt=false -> warned, stays off, rounds compare whole disks
 * e2e-noperm CBT off, ReconfigVM_Task denied      -> "MIGRATION FAILURE: Could not enable CBT on VM ..."
 * e2e-noinit CBT off, CreateSnapshot_Task fails   -> "MIGRATION FAILURE: CBT initialization failed for VM ..."
+* e2e-indep  a normal disk and an independent one, the latter excluded -> migrated without it
+* e2e-indep2 the same without the exclusion       -> refused before anything is changed
 
 Between warm rounds the demo workload (the role's after-round hook) writes 10 %, then 2 % of each
 disk through the simulator. Then a second run of the finished VMs must find nothing to do.
@@ -42,6 +44,9 @@ def fleet(cbtsim):
         "e2e-plain": dict(cbt_enabled=False, disks=[{"size": 24 * MiB, "fill": {"random_percent": 50, "seed": 4}}]),
         "e2e-noperm": dict(cbt_enabled=False, disks=[{"size": 8 * MiB, "fill": {"random_percent": 50, "seed": 5}}]),
         "e2e-noinit": dict(cbt_enabled=False, disks=[{"size": 8 * MiB, "fill": {"random_percent": 50, "seed": 6}}]),
+        "e2e-indep": dict(cbt_enabled=True, disks=[{"size": 8 * MiB, "fill": {"random_percent": 50, "seed": 7}},
+                                                   {"size": 8 * MiB, "mode": "independent_persistent"}]),
+        "e2e-indep2": dict(cbt_enabled=True, disks=[{"size": 8 * MiB}, {"size": 8 * MiB, "mode": "independent_persistent"}]),
     }
     vms = {name: cbtsim.create_vm(name, **spec) for name, spec in specs.items()}
     cbtsim.inject_fault("ReconfigVM_Task", "no_permission", vm=vms["e2e-noperm"]["moid"], count=0)
@@ -63,6 +68,8 @@ def fleet(cbtsim):
         "e2e-plain": {"vm_migration_auto_cbt": False},
         "e2e-noperm": {},
         "e2e-noinit": {},
+        "e2e-indep": {"vm_migration_exclude_disks": [2001]},
+        "e2e-indep2": {},
     })
     extra = {
         "vm_migration_max_rounds": ROUNDS,
@@ -103,9 +110,23 @@ def test_failing_vms_do_not_stop_the_others_and_the_run_fails_at_the_end(fleet):
     assert report is not None, explain(run)
     status = {vm["vm"]: vm["status"] for vm in report["vms"]}
     assert status == {"e2e-web": "completed", "e2e-db": "completed", "e2e-plain": "completed",
-                      "e2e-noperm": "failed", "e2e-noinit": "failed"}, explain(run, report)
+                      "e2e-noperm": "failed", "e2e-noinit": "failed", "e2e-indep": "completed",
+                      "e2e-indep2": "failed"}, explain(run, report)
     assert run.rc != 0, "the play must fail at the end when a VM failed:\n%s" % explain(run)
-    assert int(report["summary"]["failed"]) == 2 and int(report["summary"]["completed"]) == 3
+    assert int(report["summary"]["failed"]) == 3 and int(report["summary"]["completed"]) == 4
+
+
+def test_disks_that_cbt_cannot_cover(fleet, cbtsim):
+    refused = _vm(fleet, "e2e-indep2")
+    assert refused["message"].startswith(
+        "MIGRATION FAILURE: VM e2e-indep2 (/DC0/vm/e2e-indep2) has disks that CBT and snapshots cannot cover: 2001"
+    ), refused["message"]
+    assert "vm_migration_exclude_disks" in refused["message"]
+    assert refused["rounds"] == [] and cbtsim.vm("e2e-indep2")["snapshots"] == []
+    migrated = _vm(fleet, "e2e-indep")
+    assert [d["key"] for d in migrated["disks"]] == [2000]
+    assert all([d["key"] for d in rd["disks"]] == [2000] for rd in migrated["rounds"])
+    assert migrated["disks"][0]["digest_match"] in (True, "True")
 
 
 def test_cbt_enable_failure_message(fleet, cbtsim):
@@ -191,11 +212,11 @@ def test_checkpoints_follow_the_rounds(fleet):
 
 
 def test_nothing_is_left_behind(fleet, cbtsim):
-    for name in ("e2e-web", "e2e-db", "e2e-plain", "e2e-noperm", "e2e-noinit"):
+    for name in ("e2e-web", "e2e-db", "e2e-plain", "e2e-noperm", "e2e-noinit", "e2e-indep", "e2e-indep2"):
         assert cbtsim.vm(name)["snapshots"] == [], name
     assert cbtsim.exports() == []
     slots = fleet["out"] / "report" / ".datastore-slots"
-    assert slots.is_dir(), "5 VMs and 2 slots per datastore: the slots must have been used"
+    assert slots.is_dir(), "7 VMs and 2 slots per datastore: the slots must have been used"
     assert not list(slots.rglob("slot-*"))
 
 
@@ -203,7 +224,7 @@ def test_report_files(fleet):
     out = fleet["out"] / "report"
     md = (out / "report.md").read_text()
     html = (out / "report.html").read_text()
-    for name in ("e2e-web", "e2e-db", "e2e-plain", "e2e-noperm", "e2e-noinit"):
+    for name in ("e2e-web", "e2e-db", "e2e-plain", "e2e-noperm", "e2e-noinit", "e2e-indep", "e2e-indep2"):
         assert name in md and name in html
     assert "MIGRATION FAILURE: Could not enable CBT on VM e2e-noperm" in md
     runs = list((out / "runs").glob("*.json"))
@@ -213,8 +234,8 @@ def test_report_files(fleet):
     root = ET.fromstring(svg.group(0))
     bars = [el for el in root.iter("{http://www.w3.org/2000/svg}rect") if el.find("{http://www.w3.org/2000/svg}title")
             is not None]
-    # one bar per round and VM with rounds: 3 VMs x (warm rounds + final)
-    assert len(bars) == 3 * (ROUNDS + 1), len(bars)
+    # one bar per round and VM with rounds: 4 VMs x (warm rounds + final)
+    assert len(bars) == 4 * (ROUNDS + 1), len(bars)
 
 
 def test_rerun_of_a_finished_migration_has_nothing_to_do(rerun):

@@ -19,9 +19,7 @@ VCSIM_CHANGE_ID = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/%d"
 def own_vcsim():
     from testbed.vcsim import Vcsim  # pylint: disable=import-outside-toplevel
 
-    # A user name without '@': the simulator's SSO endpoint (ssoadmin) splits "user@domain" and
-    # then rejects the default administrator@vsphere.local login (govmomi v0.56.0).
-    sim = Vcsim(name="vmware-modules", username="cbt-vmware-tester").start()
+    sim = Vcsim(name="vmware-modules").start()
     yield sim
     sim.stop()
 
