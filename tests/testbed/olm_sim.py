@@ -123,6 +123,7 @@ def odf_catalog(version: str = "4.20") -> list:
         cephcsi_image = "quay.io/ocs-dev/cephcsi-operator:release-4.19"
     else:
         raise ValueError("no simulated catalog for ODF %s" % version)
+
     def img(name):
         return "quay.io/ocs-dev/%s:%s" % (name, v)
 
