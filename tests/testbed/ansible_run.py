@@ -107,8 +107,9 @@ def _run(argv, env_extra=None, timeout=900, cwd=None):
 def run_module(module, args=None, check=False, diff=False, verbosity=0, env=None, timeout=900):
     """Run ``cbt.toolkit.<module>`` (or a FQCN) on localhost; return ``(result_dict, AnsibleRun)``."""
     name = module if "." in module else "cbt.toolkit.%s" % module
-    argv = [str(_venv_bin() / "ansible"), "localhost", "-c", "local", "-i", "localhost,",
-            "-m", name, "-a", json.dumps(args or {})]
+    argv = [str(_venv_bin() / "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", name]
+    if args:
+        argv += ["-a", json.dumps(args)]
     if check:
         argv.append("--check")
     if diff:

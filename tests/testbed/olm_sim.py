@@ -468,15 +468,15 @@ class OlmSim:
             if s["metadata"]["name"] == meta["name"] or not s.get("status", {}).get("installedCSV"):
                 members.append((s, b))
         manual = spec.get("installPlanApproval") == "Manual" or any(
-            s["spec"].get("installPlanApproval") == "Manual" for s, _ in members)
+            s["spec"].get("installPlanApproval") == "Manual" for s, _unused in members)
         ip_name = "install-%s" % short_hash([meta["uid"], time.time()], 5)
         ip = self.kube.create(res_path("%s/v1alpha1" % OLM_GROUP, "installplans", ns), {
             "apiVersion": "%s/v1alpha1" % OLM_GROUP, "kind": "InstallPlan",
             "metadata": {"name": ip_name, "namespace": ns, "ownerReferences": [
                 {"apiVersion": "%s/v1alpha1" % OLM_GROUP, "kind": "Subscription", "name": s["metadata"]["name"],
-                 "uid": s["metadata"]["uid"]} for s, _ in members]},
+                 "uid": s["metadata"]["uid"]} for s, _unused in members]},
             "spec": {"approval": "Manual" if manual else "Automatic", "approved": not manual,
-                     "clusterServiceVersionNames": [b.csv for _, b in members], "generation": 1}})
+                     "clusterServiceVersionNames": [b.csv for _unused, b in members], "generation": 1}})
         self.kube.merge(res_path("%s/v1alpha1" % OLM_GROUP, "installplans", ns, ip_name, "status"), {"status": {
             "phase": "RequiresApproval" if manual else "Installing",
             "catalogSources": [spec.get("source")]}})
@@ -488,7 +488,7 @@ class OlmSim:
                                      "currentCSV": b.csv, "state": "UpgradePending", "lastUpdated": now(),
                                      "conditions": [{"type": "InstallPlanPending", "status": "True",
                                                      "reason": "RequiresApproval" if manual else "Installing"}]})
-        self._record("InstallPlan %s/%s for %s (%s)" % (ns, ip_name, ", ".join(b.csv for _, b in members),
+        self._record("InstallPlan %s/%s for %s (%s)" % (ns, ip_name, ", ".join(b.csv for _unused, b in members),
                                                         "Manual" if manual else "Automatic"))
 
     def _install_plan(self, ip):
@@ -500,7 +500,7 @@ class OlmSim:
         catalog = None
         for s in subs:
             if s.get("status", {}).get("installPlanRef", {}).get("name") == meta["name"]:
-                catalog, _ = self._catalog(s)
+                catalog, _unused = self._catalog(s)
                 if catalog:
                     break
         if catalog is None:
@@ -624,7 +624,7 @@ class OlmSim:
         replicas = spec.get("replicas", 1)
         self._delete_pods(dep, keep_hash=tmpl_hash)
         pods = [p for p in self._pods_of(dep) if p["metadata"].get("labels", {}).get("pod-template-hash") == tmpl_hash]
-        for _ in range(len(pods), replicas):
+        for _unused in range(len(pods), replicas):
             tmpl = copy.deepcopy(spec["template"])
             labels = dict(tmpl.get("metadata", {}).get("labels", {}), **{"pod-template-hash": tmpl_hash})
             pod_spec = tmpl["spec"]

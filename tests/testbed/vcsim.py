@@ -99,7 +99,7 @@ class Vcsim:
         in vsphere.local. So ``administrator@vsphere.local`` must be registered as
         ``administrator``; then both spellings log in, as on a real vCenter.
         """
-        local, _, domain = self.username.partition("@")
+        local, _unused, domain = self.username.partition("@")
         if domain and domain.lower() != "vsphere.local":
             raise ValueError("vcsim user %r: the simulator's SSO directory has only the vsphere.local domain"
                              % self.username)

@@ -114,7 +114,7 @@ def merge(ranges):
 
 
 def areas(pages):
-    return merge([a for _, _, page in pages for a in page])
+    return merge([a for _unused, _unused, page in pages for a in page])
 
 
 def block_rounded(writes, block, capacity=DISK):
@@ -158,7 +158,7 @@ def fault_message(exc):
 def random_writes(rng, capacity, count, max_len, region=None):
     lo, hi = region or (0, capacity)
     out = []
-    for _ in range(count):
+    for _unused in range(count):
         length = rng.randint(1, max_len)
         off = rng.randint(lo, hi - length)
         out.append((off, length))
@@ -328,14 +328,14 @@ def test_star_returns_the_allocated_areas_of_the_frozen_copy(sim, si):
             h.shutdown()
         nonzero = [(o, block) for o in range(0, DISK, block) if data[o:o + block].strip(b"\0")]
         assert nonzero and covered(nonzero, star)
-        random_bytes = sum(length for _, length in star) - sum(length for _, length in block_rounded(zero, block))
+        random_bytes = sum(length for _unused, length in star) - sum(length for _unused, length in block_rounded(zero, block))
         assert 7 * MiB <= random_bytes <= 8 * MiB, "25 % of 32 one-MiB chunks were filled"
     finally:
         sim.unexport(exp["id"])
 
 
 def test_star_returns_the_whole_disk_if_snapshots_existed_when_enabled(sim, si):
-    _, vm = new_vm(sim, si, "prestar", disks=[{"size": DISK, "fill": {"random_percent": 10, "seed": 3}}])
+    _unused, vm = new_vm(sim, si, "prestar", disks=[{"size": DISK, "fill": {"random_percent": 10, "seed": 3}}])
     snapshot(vm, "pre-existing")
     enable_cbt(vm)
     snap = snapshot(vm, "after")
@@ -430,7 +430,7 @@ def test_qcda_argument_faults(sim, si):
 
 def test_no_permission_is_raised_with_the_privilege_and_count(sim, si):
     info, vm = new_vm(sim, si, "perm")
-    other, _ = new_vm(sim, si, "perm-other")
+    other, _unused = new_vm(sim, si, "perm-other")
     sim.inject_fault("ReconfigVM_Task", "no_permission", privilege="VirtualMachine.Config.ChangeTracking",
                      vm=other["moid"], count=1)
     enable_cbt(vm)   # the rule is for another VM
@@ -450,7 +450,7 @@ def test_no_permission_is_raised_with_the_privilege_and_count(sim, si):
     assert sim.faults()[0]["hits"] == 1 and sim.faults()[0]["remaining"] == 0
 
     sim.inject_fault("CreateSnapshot_Task", "no_permission", vm=info["moid"], count=0)
-    for _ in range(2):
+    for _unused in range(2):
         with pytest.raises(vim.fault.NoPermission) as exc:
             vm.CreateSnapshot_Task("x", "", False, False)
         assert exc.value.privilegeId == "VirtualMachine.State.CreateSnapshot"
@@ -610,7 +610,7 @@ def test_ineligible_vm_and_disks(sim, si):
 # ---- control API validation ------------------------------------------------------------------
 
 def test_control_api_validates_requests(sim, si):
-    info, _ = new_vm(sim, si, "api", disks=[4 * MiB])
+    info, _unused = new_vm(sim, si, "api", disks=[4 * MiB])
     moid = info["moid"]
     path = "/vms/%s/disks/%d/write" % (moid, KEY)
     # numbers may arrive as strings (Ansible's uri module templates them so)

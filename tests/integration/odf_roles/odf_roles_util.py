@@ -5,6 +5,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+PLAYBOOKS = Path(__file__).resolve().parents[3] / "playbooks"
+
 
 def recap(run, host="localhost"):
     """PLAY RECAP counters of an AnsibleRun for ``host``."""
@@ -105,3 +109,25 @@ def install_odf(env, run_playbook, **extra):
     run = run_playbook(INSTALL_PLAYBOOK, extra_vars=install_vars(env, **extra))
     assert_ok(run)
     return run
+
+
+def build_vars(operator_repo, registry, buildah_storage, tmp_path, **extra):
+    out = {
+        "cephcsi_operator_build_repo": operator_repo["url"],
+        "cephcsi_operator_build_version": "release-4.20",
+        "cephcsi_operator_build_work_dir": str(tmp_path / "work"),
+        "cephcsi_operator_build_image": "%s/cbt/cephcsi-operator" % registry.host,
+        "cephcsi_operator_build_platform": "linux/arm64",
+        "cephcsi_operator_build_go": "/usr/local/go/bin/go",
+        "cephcsi_operator_build_go_env": operator_repo["go_env"],
+        # The role defaults to "-a -trimpath" like the upstream Dockerfile; "-a" would rebuild the
+        # standard library for arm64 on every test run.
+        "cephcsi_operator_build_go_flags": ["-trimpath"],
+        "cephcsi_operator_build_base_image": "scratch",
+        "cephcsi_operator_build_registry_username": registry.username,
+        "cephcsi_operator_build_registry_password": registry.password,
+        "cephcsi_operator_build_cert_dir": str(registry.cert_dir),
+    }
+    out.update(buildah_storage)
+    out.update(extra)
+    return out

@@ -14,7 +14,7 @@ import tarfile
 
 import pytest
 
-from odf_roles_util import assert_idempotent, assert_ok, changed_tasks, failure_messages, fact
+from odf_roles_util import assert_idempotent, assert_ok, build_vars, changed_tasks, failure_messages, fact
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
@@ -30,40 +30,18 @@ PLAYBOOK = """
 """
 
 
-def build_vars(operator_repo, registry, buildah_storage, tmp_path, **extra):
-    out = {
-        "cephcsi_operator_build_repo": operator_repo["url"],
-        "cephcsi_operator_build_version": "release-4.20",
-        "cephcsi_operator_build_work_dir": str(tmp_path / "work"),
-        "cephcsi_operator_build_image": "%s/cbt/cephcsi-operator" % registry.host,
-        "cephcsi_operator_build_platform": "linux/arm64",
-        "cephcsi_operator_build_go": "/usr/local/go/bin/go",
-        "cephcsi_operator_build_go_env": operator_repo["go_env"],
-        # The role defaults to "-a -trimpath" like the upstream Dockerfile; "-a" would rebuild the
-        # standard library for arm64 on every test run.
-        "cephcsi_operator_build_go_flags": ["-trimpath"],
-        "cephcsi_operator_build_base_image": "scratch",
-        "cephcsi_operator_build_registry_username": registry.username,
-        "cephcsi_operator_build_registry_password": registry.password,
-        "cephcsi_operator_build_cert_dir": str(registry.cert_dir),
-    }
-    out.update(buildah_storage)
-    out.update(extra)
-    return out
-
-
 def pushed_image(registry, repository, tag):
     """Read back manifest, config and the entrypoint binary of a pushed image through the registry API."""
     status, headers, body = registry.api("/v2/%s/manifests/%s" % (repository, tag), accept=MANIFEST_TYPES)
     assert status == 200, "registry has no %s:%s (%s %s)" % (repository, tag, status, body[:200])
     manifest = json.loads(body)
     digest = headers.get("Docker-Content-Digest")
-    status, _, config = registry.api("/v2/%s/blobs/%s" % (repository, manifest["config"]["digest"]))
+    status, _unused, config = registry.api("/v2/%s/blobs/%s" % (repository, manifest["config"]["digest"]))
     assert status == 200
     config = json.loads(config)
     files = {}
     for layer in manifest["layers"]:
-        status, _, blob = registry.api("/v2/%s/blobs/%s" % (repository, layer["digest"]))
+        status, _unused, blob = registry.api("/v2/%s/blobs/%s" % (repository, layer["digest"]))
         assert status == 200
         with tarfile.open(fileobj=io.BytesIO(blob), mode="r:*") as tar:
             for member in tar.getmembers():
