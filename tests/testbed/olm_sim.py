@@ -78,8 +78,10 @@ def short_hash(obj, length=10) -> str:
 class Bundle:
     """One operator bundle in the simulated catalog."""
 
-    def __init__(self, package, csv, deployments=(), crd_groups=(), console_plugin=None, version=None):
+    def __init__(self, package, csv, deployments=(), crd_groups=(), console_plugin=None, version=None,
+                 cluster_permissions=()):
         self.package = package
+        self.cluster_permissions = list(cluster_permissions)
         self.csv = csv
         self.deployments = list(deployments)    # (deployment name, container name, image)
         self.crd_groups = list(crd_groups)
@@ -108,7 +110,8 @@ class Bundle:
         return {
             "displayName": self.package,
             "version": self.version,
-            "install": {"strategy": "deployment", "spec": {"deployments": deployments}},
+            "install": {"strategy": "deployment", "spec": {"deployments": deployments,
+                                                           "clusterPermissions": self.cluster_permissions}},
             "installModes": [{"type": "OwnNamespace", "supported": True}],
         }
 
@@ -143,7 +146,13 @@ def odf_catalog(version: str = "4.20") -> list:
         Bundle("odf-csi-addons-operator", "csi-addons.v%s" % addons,
                [("csi-addons-controller-manager", "manager", img("csi-addons"))], crd_groups=["csiaddons.openshift.io"]),
         Bundle("cephcsi-operator", "cephcsi-operator.v%s" % v,
-               [("ceph-csi-controller-manager", "manager", cephcsi_image)], crd_groups=["csi.ceph.io"]),
+               [("ceph-csi-controller-manager", "manager", cephcsi_image)], crd_groups=["csi.ceph.io"],
+               cluster_permissions=[{"serviceAccountName": "ceph-csi-controller-manager", "rules": [
+                   {"apiGroups": ["csi.ceph.io"], "resources": ["drivers", "operatorconfigs"],
+                    "verbs": ["get", "list", "watch", "update", "patch"]}] + (
+                   # The release-4.20 bundle grants the operator read access to SnapshotMetadataServices.
+                   [{"apiGroups": ["cbt.storage.k8s.io"], "resources": ["snapshotmetadataservices"],
+                     "verbs": ["get", "list", "watch"]}] if version == "4.20" else [])}]),
         Bundle("odf-prometheus-operator", "odf-prometheus-operator.v%s" % v,
                [("odf-prometheus-operator", "prometheus-operator", img("odf-prometheus-operator"))]),
         Bundle("recipe", "recipe.v0.0.1", [("recipe-controller-manager", "manager", img("recipe"))]),
