@@ -88,7 +88,7 @@ class Bundle:
         self.console_plugin = console_plugin
         self.version = version or csv.split(".v", 1)[-1]
 
-    def csv_spec(self, namespace):
+    def csv_spec(self):
         deployments = []
         for name, container, image in self.deployments:
             labels = {"app.kubernetes.io/name": name}
@@ -524,7 +524,7 @@ class OlmSim:
                 "metadata": {"name": csv_name, "namespace": ns,
                              "labels": {"operators.coreos.com/%s.%s" % (bundle.package, ns): ""},
                              "annotations": {"olm.targetNamespaces": ns}},
-                "spec": bundle.csv_spec(ns)})
+                "spec": bundle.csv_spec()})
             self.kube.create("/apis/%s/v1/operators" % OLM_GROUP, {
                 "apiVersion": "%s/v1" % OLM_GROUP, "kind": "Operator",
                 "metadata": {"name": "%s.%s" % (bundle.package, ns)}, "spec": {}})

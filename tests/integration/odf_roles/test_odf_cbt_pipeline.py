@@ -16,9 +16,7 @@ from release-4.20 has it; and the kubelet starting the sidecar container once th
 
 from __future__ import annotations
 
-import json
 import threading
-import time
 import traceback
 from types import SimpleNamespace
 
