@@ -162,6 +162,7 @@ def test_prebuilt_binary_for_wrong_architecture_is_refused(run_playbook, operato
 def test_wrong_registry_password_fails_loudly_without_leaking_it(run_playbook, operator_repo, registry,
                                                                  buildah_storage, tmp_path):
     extra = build_vars(operator_repo, registry, buildah_storage, tmp_path,
+                       cephcsi_operator_build_image="%s/cbt/cephcsi-operator-badpass" % registry.host,
                        cephcsi_operator_build_registry_password="not-the-password-%s" % registry.password[:4])
     run = run_playbook(PLAYBOOK, extra_vars=extra)
     assert run.rc != 0
@@ -171,5 +172,4 @@ def test_wrong_registry_password_fails_loudly_without_leaking_it(run_playbook, o
     # Nothing past the checkout ran: no build, no push.
     assert all(t.endswith(("Create the work directory", "Clone the repository at the requested branch, tag or commit"))
                for t in changed_tasks(run)), changed_tasks(run)
-    assert registry.api("/v2/cbt/cephcsi-operator/manifests/%s" % operator_repo["commit"][:12],
-                        accept=MANIFEST_TYPES)[0] == 404
+    assert registry.api("/v2/cbt/cephcsi-operator-badpass/tags/list")[0] == 404
