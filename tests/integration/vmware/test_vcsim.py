@@ -7,7 +7,7 @@ Plain vcsim implements reconfigure and snapshots but never assigns a disk change
 QueryChangedDiskAreas. These tests use it for what it can do: enabling/disabling CBT on a
 powered-on VM, snapshots, status reporting, every connection and input error, the guarantee
 that the temporary snapshot goes away when initialisation fails, and graceful handling of
-MethodNotFound. CBT semantics proper are tested against cbtsim (test_cbtsim.py).
+MethodNotFound. CBT semantics proper are tested against cbtsim (test_vmware_on_cbtsim.py).
 """
 
 import json
