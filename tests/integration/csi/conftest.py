@@ -88,3 +88,11 @@ def fake_service(beta_bed):
     yield make
     for svc in made:
         svc.stop()
+
+
+@pytest.fixture(scope="module")
+def module_fake_service(beta_bed):
+    """One FakeService shared by the tests of a module (many trials against the same server)."""
+    svc = FakeService(beta_bed)
+    yield svc
+    svc.stop()

@@ -41,12 +41,9 @@ def check_resume_points(server, volume):
     assert starts == sorted(starts), starts
 
 
-@pytest.fixture(scope="module")
-def svc(beta_bed):
-    from conftest import FakeService  # pylint: disable=import-error,import-outside-toplevel
-    service = FakeService(beta_bed)
-    yield service
-    service.stop()
+@pytest.fixture
+def svc(module_fake_service):
+    return module_fake_service
 
 
 @pytest.mark.parametrize("trial", range(25))

@@ -13,7 +13,7 @@ MethodNotFound. CBT semantics proper are tested against cbtsim (test_vmware_on_c
 import json
 
 import pytest
-from conftest import VCSIM_CHANGE_ID, assert_clean_failure, run_tasks
+from vmware_helpers import VCSIM_CHANGE_ID, assert_clean_failure, run_tasks
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -13,7 +13,7 @@ import os
 import random
 
 import pytest
-from conftest import assert_clean_failure, run_tasks
+from vmware_helpers import assert_clean_failure, run_tasks
 
 from ansible_collections.cbt.toolkit.plugins.module_utils.extents import read_extent_file
 
