@@ -13,6 +13,11 @@ server needs to produce it. Here the same SOAP request goes over pyVmomi's own c
 simple values, managed object references, and -- from ``config.hardware.device`` -- the disks
 and their controllers. Everything else in a device list is skipped unparsed.
 
+Large answers are read in pages, pipelined: as soon as a page has arrived, the request for the
+next one is sent (its continuation token is the first element of the answer), and the page is
+parsed while the server produces the next -- the client's parsing and the server's encoding (and,
+on a real vCenter, the network) overlap instead of taking turns.
+
 Anything unexpected (a fault, an HTTP error, a value type it does not know) raises
 ``FastPathUnavailable`` and the caller uses the ordinary pyVmomi call, which then reports the
 fault properly (and logs in again after ``NotAuthenticated``).
@@ -22,7 +27,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from xml.sax.saxutils import escape
 
 try:
@@ -36,6 +43,8 @@ VIM_NS = "urn:vim25"
 XSD_NS = "http://www.w3.org/2001/XMLSchema"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 INT_TYPES = ("int", "long", "short", "byte")
+PAGE_SIZE = 250  # objects per page when the caller sets none (vCenter caps pages on its own too)
+_TOKEN_RE = re.compile(br"<returnval>\s*<token>([^<]{1,200})</token>")
 
 
 class FastPathUnavailable(Exception):
@@ -302,16 +311,36 @@ def parse_response(data, converter):
     return rows, token
 
 
+def _peek_token(data):
+    """The continuation token of a raw answer, read before parsing it (``token`` comes first in
+    a ``RetrieveResult``)."""
+    match = _TOKEN_RE.search(data, 0, 4096)
+    return match.group(1).decode("utf-8") if match else None
+
+
 def retrieve_views(client, views, prop_specs, page_size=None, keep_device=keep_disks_and_controllers):
-    """``RetrievePropertiesEx`` over ContainerViews, parsed fast. Raises FastPathUnavailable."""
+    """``RetrievePropertiesEx`` over ContainerViews, parsed fast, pages pipelined.
+    Raises FastPathUnavailable."""
     if VmomiSupport is None:
         raise FastPathUnavailable("pyVmomi missing")
     stub = client.stub
     collector = client.content.propertyCollector._moId
     converter = Converter(stub, keep_device)
-    rows, token = parse_response(_post(stub, retrieve_request(collector, [v._moId for v in views],
-                                                              prop_specs, page_size)), converter)
-    while token:
-        more, token = parse_response(_post(stub, continue_request(collector, token)), converter)
-        rows.extend(more)
-    return rows
+    data = _post(stub, retrieve_request(collector, [v._moId for v in views], prop_specs, page_size or PAGE_SIZE))
+    rows = []
+    with ThreadPoolExecutor(max_workers=1) as fetcher:
+        while True:
+            token = _peek_token(data)
+            pending = fetcher.submit(_post, stub, continue_request(collector, token)) if token else None
+            try:
+                more, parsed_token = parse_response(data, converter)
+            except FastPathUnavailable:
+                if pending is not None:
+                    pending.exception()  # let the request finish before the pyVmomi fallback runs
+                raise
+            if parsed_token != token:
+                raise FastPathUnavailable("continuation token not where expected")
+            rows.extend(more)
+            if pending is None:
+                return rows
+            data = pending.result()

@@ -230,7 +230,9 @@ def _closed_port():
 def test_fast_reader_gives_exactly_what_pyvmomi_gives(own_vcsim, vsphere):
     """vmware_cbt_info's fast RetrievePropertiesEx reader against pyVmomi's own parser, on the
     same simulator answer (both through module_utils, in-process)."""
+    from pyVmomi import vim
     from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareClient
+    from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_fastretrieve import retrieve_views
     from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import collect_vms, vm_facts
 
     vsphere.set_change_id(vsphere.vm("DC0_H0_VM1"), VCSIM_CHANGE_ID % 77)
@@ -245,5 +247,12 @@ def test_fast_reader_gives_exactly_what_pyvmomi_gives(own_vcsim, vsphere):
                 assert any(d["change_id"] == VCSIM_CHANGE_ID % 77 for f in fast for d in f["disks"])
         paged = [vm_facts(r) for r in collect_vms(client, fast=True, page_size=2)]
         assert paged == [vm_facts(r) for r in collect_vms(client, fast=False)]  # continuation tokens
+        # the pipelined pages themselves (collect_vms would hide a failure behind the pyVmomi path)
+        view = client.container_view(client.content.rootFolder, [vim.VirtualMachine], True)
+        try:
+            rows = retrieve_views(client, [view], [("VirtualMachine", ["name"])], page_size=2)
+        finally:
+            client.destroy_view(view)
+        assert sorted(props["name"] for _obj, props, _missing in rows) == sorted(vm.name for vm in vsphere.vms())
     finally:
         client.close()

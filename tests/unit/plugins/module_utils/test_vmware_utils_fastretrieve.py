@@ -156,3 +156,11 @@ def test_post_sends_the_session_cookie_and_soap_action():
 def test_post_refuses_errors_and_encodings(status, headers):
     with pytest.raises(fr.FastPathUnavailable):
         fr._post(PoolStub(Conn(status, b"", headers)), "<body/>")
+
+
+def test_token_is_read_before_parsing_and_only_at_the_start():
+    assert fr._peek_token(ANSWER.encode()) == "tok-1"
+    assert fr._peek_token(ANSWER.replace("<token>tok-1</token>", "").encode()) is None
+    # a <token> deep inside the objects is not a continuation token
+    late = ANSWER.replace("<token>tok-1</token>", "") + " " * 5000 + "<returnval><token>x</token>"
+    assert fr._peek_token(late.encode()) is None
