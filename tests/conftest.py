@@ -13,6 +13,14 @@ import sys
 import pytest
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
+
+# Under pytest-xdist every worker gets its own output folder (peer state, logs, Ansible's temp
+# and home), so two workers never share a file; the peers' binaries come from the shared cache.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER and not os.environ.get("CBT_OUTPUT_DIR_WORKER"):
+    _BASE = os.environ.get("CBT_OUTPUT_DIR", os.path.join(TESTS, "output", "testbed"))
+    os.environ["CBT_OUTPUT_DIR"] = os.path.join(_BASE, _WORKER)
+    os.environ["CBT_OUTPUT_DIR_WORKER"] = _WORKER
 if TESTS not in sys.path:
     sys.path.insert(0, TESTS)
 

@@ -27,7 +27,7 @@ def collections_root() -> Path:
     link = root / "ansible_collections" / "cbt" / "toolkit"
     if not link.is_symlink() or link.resolve() != REPO_ROOT:
         link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = link.parent / ".toolkit.tmp"
+        tmp = link.parent / (".toolkit.%d.tmp" % os.getpid())
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
         tmp.symlink_to(REPO_ROOT)

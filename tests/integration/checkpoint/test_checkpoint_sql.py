@@ -5,6 +5,7 @@
 conflicts, concurrent advancers (only one wins), history, check mode, no_log of credentials."""
 
 import subprocess
+import sys
 import threading
 import uuid
 
@@ -12,6 +13,7 @@ import pytest
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint as cp
 from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_postgres import PostgresStore
+from testbed.ansible_run import collections_root
 
 
 def backend_args(kind, tmp_path, postgres=None, table=None):
@@ -166,16 +168,17 @@ def test_sqlite_concurrent_processes_only_one_wins(tmp_path):
     s = cp.SqliteStore(db)
     s.advance("s", "t", "base")
     s.close()
-    code = ("import sys; sys.path[:0] = %r\n"
+    code = ("import sys; sys.path[:0] = [%r]\n"
             "from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint as cp\n"
             "s = cp.SqliteStore(%r)\n"
             "try:\n"
             "    s.advance('s', 't', sys.argv[1], expected_previous='base'); print('won')\n"
             "except cp.ConflictError:\n"
-            "    print('lost')\n") % (list(__import__("sys").path[:3]), db)
-    procs = [subprocess.Popen([__import__("sys").executable, "-c", code, "n%d" % i], stdout=subprocess.PIPE,
+            "    print('lost')\n") % (str(collections_root()), db)
+    procs = [subprocess.Popen([sys.executable, "-c", code, "n%d" % i], stdout=subprocess.PIPE,
                               text=True) for i in range(6)]
     outcome = [p.communicate()[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs), outcome
     assert outcome.count("won") == 1 and outcome.count("lost") == 5, outcome
 
 
