@@ -18,7 +18,10 @@ Printed per round: wall time of the round and its parts, and the ratios incremen
     changed bytes),
   * the copy alone (block_sync, including verification),
   * the whole round including the constant orchestration (vCenter calls, Ansible task start-up) and
-    the simulator's snapshot, which copies the disk's data (real vSphere snapshots do not).
+    the simulator's snapshot: its first frozen copy is a full copy of the disk's data (a vSphere
+    snapshot is not); later ones re-copy only the blocks written since (O(changed), like a redo log).
+Then the time of every task of both rounds (the json callback's per-host task durations), to show
+where the constant per-round cost goes.
 Benchmarks never fail on a slow result; the target from the issue (incremental <= 15 % of the full
 round at 5 % changed) is printed next to the measured ratio.
 """
@@ -26,6 +29,7 @@ round at 5 % changed) is printed next to the measured ratio.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import random
 import statistics
@@ -53,16 +57,41 @@ def log(msg=""):
     print(msg, flush=True)
 
 
-def run_round(sim, out, inventory):
+def run_round(sim, out, inventory, label):
     env = sim.env(validate_certs=True)
     env.update({"CBTSIM_API_URL": sim.control_url, "VM_MIGRATION_OUTPUT_DIR": str(out)})
     extra = {"vm_migration_max_rounds": 1, "vm_migration_cutover": False}
     run = run_playbook(str(PLAYBOOK), extra_vars=extra, inventory=str(inventory), env=env, timeout=3600)
+    (out / ("ansible-%s.json" % label)).write_text(run.stdout)
     report = out / "report" / "report.json"
     if run.rc != 0 or not report.exists():
         raise SystemExit("the migration round failed:\n%r" % run)
     doc = json.loads(report.read_text())
-    return doc["vms"][0]["rounds"][-1]
+    return doc["vms"][0]["rounds"][-1], task_times(run.data or {})
+
+
+ROUND_FILES = ("/round.yml", "/snapshot.yml", "/source_simulator.yml", "/source_vddk.yml", "/slots_acquire.yml")
+
+
+def task_times(data):
+    """(start, seconds, task name, file:line) of every task of the round (tasks files of one round) that
+    ran on the VM host, from the json callback (start of the host's run of the task to its result)."""
+    def ts(text):
+        return datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").timestamp()
+
+    out = []
+    for play in data.get("plays", []):
+        for task in play.get("tasks", []):
+            info = task["task"]
+            path = info.get("path") or ""
+            if not any(f + ":" in path for f in ROUND_FILES) or "end" not in info["duration"]:
+                continue
+            if all(res.get("skipped") for res in task["hosts"].values()):
+                continue
+            start = ts(info["duration"]["start"])
+            out.append((start, ts(info["duration"]["end"]) - start, info["name"],
+                        "%s:%s" % (Path(path.rsplit(":", 1)[0]).name, path.rsplit(":", 1)[1])))
+    return sorted(out)
 
 
 def change_extents(size, fraction, rng):
@@ -113,6 +142,7 @@ def main():
     rng = random.Random(args.seed)
     base = Path(tempfile.mkdtemp(prefix="bench-vm-migration-", dir=str(output_dir())))
     results = []
+    tasks = []
     sim = CbtSim(name="bench-rounds", vms=0).start()
     try:
         for rep in range(args.repeat):
@@ -126,7 +156,8 @@ def main():
                 "hosts": {name: {}},
                 "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}))
             log("repetition %d: %s, %d MiB disk, %.0f %% data" % (rep + 1, name, args.size_mib, args.fill))
-            full = parts(run_round(sim, out, inventory))
+            full_round, full_tasks = run_round(sim, out, inventory, "full")
+            full = parts(full_round)
             extents = change_extents(size, args.changed / 100.0, rng)
             began = time.monotonic()
             for i, (off, length) in enumerate(extents):
@@ -134,8 +165,10 @@ def main():
             log("  guest wrote %d extents, %.1f MiB (%.1f %% of the disk) in %.1f s" % (
                 len(extents), sum(n for _off, n in extents) / MiB, 100.0 * sum(n for _off, n in extents) / size,
                 time.monotonic() - began))
-            inc = parts(run_round(sim, out, inventory))
+            inc_round, inc_tasks = run_round(sim, out, inventory, "incremental")
+            inc = parts(inc_round)
             results.append((full, inc))
+            tasks.append((full_tasks, inc_tasks))
             for label, p in (("full", full), ("incremental", inc)):
                 log("  %-11s changed %8.1f MiB copied %8.1f MiB | round %6.2f s = snapshot %5.2f + query/export "
                     "%5.2f + copy %6.2f (block_sync %6.2f) + checkpoint %5.2f + rest" % (
@@ -159,9 +192,34 @@ def main():
         log("  %s %.3f (%.3f-%.3f)   target <= 0.15" % (label, med, lo, hi))
     log("  constant per-round orchestration (incremental round minus its copy): %.1f s" % statistics.median(
         [inc["round_s"] - inc["copy_task_s"] for _full, inc in results]))
-    log("  (the simulator's snapshot copies the disk's data: %.1f s in the full round, %.1f s in the incremental "
-        "one; a vSphere snapshot does not)" % (statistics.median([full["snapshot_s"] for full, _inc in results]),
-                                               statistics.median([inc["snapshot_s"] for _full, inc in results])))
+    log("  (snapshot step: %.1f s in the full round, where the simulator makes a full frozen copy of the disk's "
+        "data, which a vSphere snapshot does not; %.1f s in the incremental one, where it re-copies only the "
+        "changed blocks)" % (statistics.median([full["snapshot_s"] for full, _inc in results]),
+                             statistics.median([inc["snapshot_s"] for _full, inc in results])))
+    log("")
+    log("where the round's time goes, per task (median seconds over the repetitions, tasks that ran;")
+    log("json callback: from the start of the task on the VM host to its result):")
+    log("  %-58s %-24s %8s %8s" % ("task", "file:line", "full", "incr."))
+    per_task = {}
+    order = []
+    for rep_tasks in tasks:
+        for which, entries in enumerate(rep_tasks):
+            for _start, seconds, name, where in entries:
+                key = (name, where)
+                if key not in per_task:
+                    per_task[key] = ([], [])
+                    order.append(key)
+                per_task[key][which].append(seconds)
+    total = [0.0, 0.0]
+    for key in order:
+        cols = []
+        for which in (0, 1):
+            vals = per_task[key][which]
+            med = statistics.median(vals) if vals else 0.0
+            total[which] += med
+            cols.append("%8.2f" % med if vals else "%8s" % "-")
+        log("  %-58s %-24s %s %s" % (key[0][:58], key[1], cols[0], cols[1]))
+    log("  %-58s %-24s %8.2f %8.2f" % ("sum of the task times", "", total[0], total[1]))
     log("output: %s" % base)
     return 0
 

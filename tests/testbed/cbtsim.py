@@ -15,6 +15,9 @@
     sim.inject_fault("CreateSnapshot_Task", "task_error", vm=moid, count=1)
     sim.export(moid, snapshot_moid, 2000)   # nbdkit --readonly on a unix socket -> {"uri", "size", ...}
     sim.create_vm("app01", disks=[{"size": 256 << 20, "fill": {"random_percent": 30, "seed": 7}}])
+    sim.create_vm("app02", disks=[...], guest={"tools": "not_running"})   # VMware Tools (default: running)
+    sim.guest(moid, hung=True, shutdown_seconds=2)   # the guest: tools running/not_running/not_installed,
+                                                     # ShutdownGuest delay, a hung guest that never powers off
     sim.config(page_limit=4, page_window=1 << 20)   # QueryChangedDiskAreas paging, at run time
     sim.stop()
 
@@ -303,10 +306,21 @@ class CbtSim:
     def clear_faults(self) -> None:
         self._request("DELETE", "/faults")
 
-    def export(self, vm: str, snapshot: str | None, disk_key: int) -> dict:
+    def export(self, vm: str, snapshot: str | None, disk_key: int, socket: str | None = None) -> dict:
         """Serve a snapshot's frozen disk (or, with snapshot=None, the live disk of a powered-off
-        VM) read-only over NBD: {"id", "uri", "socket", "size", "file", "change_id", "pid"}."""
-        return self._request("POST", "/exports", {"vm": vm, "snapshot": snapshot or "", "disk_key": disk_key})
+        VM) read-only over NBD: {"id", "uri", "socket", "size", "file", "change_id", "pid"}.
+        ``socket``: listen on this absolute path (an old socket or export there is replaced)."""
+        body = {"vm": vm, "snapshot": snapshot or "", "disk_key": disk_key}
+        if socket:
+            body["socket"] = str(socket)
+        return self._request("POST", "/exports", body)
+
+    def export_disks(self, vm: str, snapshot: str | None, disks) -> list:
+        """Export several disks at once (all or none): ``disks`` is a list of disk keys or of
+        {"disk_key", "socket"} dicts. Returns the exports."""
+        body = {"vm": vm, "snapshot": snapshot or "",
+                "disks": [d if isinstance(d, dict) else {"disk_key": int(d)} for d in disks]}
+        return self._request("POST", "/exports", body)["exports"]
 
     def exports(self) -> list:
         return self._request("GET", "/exports")
@@ -316,11 +330,15 @@ class CbtSim:
 
     def create_vm(self, name: str, disks, power_state: str = "poweredOn", hw_version: str | None = None,
                   change_tracking_supported: bool | None = None, cbt_enabled: bool = False,
-                  guest_id: str | None = None) -> dict:
+                  guest_id: str | None = None, guest: dict | None = None) -> dict:
         """Create a VM. ``disks`` is a list of sizes (bytes) or dicts {"size", "mode", "rdm",
-        "backing", "thin", "fill": {"random_percent", "seed", "chunk", "zero_regions"}}."""
+        "backing", "thin", "fill": {"random_percent", "seed", "chunk", "zero_regions"}}.
+        ``guest``: {"tools": "running" (default) | "not_running" | "not_installed",
+        "shutdown_seconds": ShutdownGuest -> poweredOff delay, "hung": never completes ShutdownGuest}."""
         spec = {"name": name, "power_state": power_state, "cbt_enabled": cbt_enabled,
                 "disks": [d if isinstance(d, dict) else {"size": int(d)} for d in disks]}
+        if guest is not None:
+            spec["guest"] = guest
         if hw_version is not None:
             spec["hw_version"] = hw_version
         if change_tracking_supported is not None:
@@ -328,6 +346,17 @@ class CbtSim:
         if guest_id is not None:
             spec["guest_id"] = guest_id
         return self._request("POST", "/vms", spec)
+
+    def guest(self, moid: str, tools: str | None = None, shutdown_seconds: float | None = None,
+              hung: bool | None = None) -> dict:
+        """Change a VM's guest: VMware Tools (running, not_running, not_installed), the delay between
+        ShutdownGuest and poweredOff, and whether the guest hangs on shutdown. Returns the VM; its
+        "guest" holds the reported tools/guest state, last_power_off and guest_shutdowns."""
+        body = {}
+        for key, value in (("tools", tools), ("shutdown_seconds", shutdown_seconds), ("hung", hung)):
+            if value is not None:
+                body[key] = value
+        return self._request("POST", "/vms/%s/guest" % moid, body)
 
     def config(self, page_limit: int | None = None, page_window: int | None = None) -> dict:
         """Read, or change at run time, the QueryChangedDiskAreas paging."""

@@ -555,6 +555,56 @@ def test_export_serves_the_frozen_bytes_and_dies_with_the_snapshot(sim, si):
     s.close()
 
 
+def test_exports_at_requested_sockets_and_in_batches(sim, si, tmp_path):
+    info, vm = new_vm(sim, si, "sockets", disks=[4 * MiB, {"size": 2 * MiB, "fill": {"random_percent": 50, "seed": 2}}])
+    moid = info["moid"]
+    snap = snapshot(vm, "s")
+    sockdir = tmp_path / "s"
+    sockdir.mkdir()
+    stable = str(sockdir / "vm-d2000.sock")
+    os.symlink("/nonexistent/old.sock", stable)   # left by an older run: replaced
+    first = sim.export(moid, snap._moId, KEY, socket=stable)
+    assert first["socket"] == stable and first["uri"] == "nbd+unix:///?socket=" + stable
+    again = sim.export(moid, snap._moId, KEY, socket=stable)   # a re-run asks again: the old export goes
+    assert [e["id"] for e in sim.exports()] == [again["id"]]
+    h = nbd.NBD()
+    h.connect_uri(again["uri"])
+    assert h.get_size() == 4 * MiB
+    h.shutdown()
+    sim.unexport(again["id"])
+    assert not os.path.exists(stable)
+
+    both = sim.export_disks(moid, snap._moId, [{"disk_key": KEY, "socket": stable},
+                                               {"disk_key": 2001, "socket": str(sockdir / "vm-d2001.sock")}])
+    assert [(e["disk_key"], e["size"]) for e in both] == [(KEY, 4 * MiB), (2001, 2 * MiB)]
+    for e in both:
+        h = nbd.NBD()
+        h.connect_uri(e["uri"])
+        assert h.get_size() == e["size"]
+        h.shutdown()
+    with pytest.raises(CbtSimError) as exc:   # all or none: disk 2999 fails, nothing new is left running
+        sim.export_disks(moid, snap._moId, [2001, 2999])
+    assert exc.value.status == 409
+    assert sorted(e["id"] for e in sim.exports()) == sorted(e["id"] for e in both)
+    (sockdir / "file").write_text("not a socket")
+    bad = [
+        ({"vm": moid, "snapshot": snap._moId, "disk_key": KEY, "socket": "relative.sock"}, 400),
+        ({"vm": moid, "snapshot": snap._moId, "disk_key": KEY, "socket": "/nonexistent-dir/x.sock"}, 400),
+        ({"vm": moid, "snapshot": snap._moId, "disk_key": KEY, "socket": "/" + "x" * 120}, 400),
+        ({"vm": moid, "snapshot": snap._moId, "disk_key": KEY, "disks": [{"disk_key": KEY}]}, 400),
+        ({"vm": moid, "snapshot": snap._moId,
+          "disks": [{"disk_key": KEY, "socket": stable}, {"disk_key": 2001, "socket": stable}]}, 400),
+        ({"vm": moid, "snapshot": snap._moId, "disk_key": KEY, "socket": str(sockdir / "file")}, 409),
+    ]
+    for body, status in bad:
+        with pytest.raises(CbtSimError) as exc:
+            sim._request("POST", "/exports", body)
+        assert exc.value.status == status, (body, exc.value)
+    assert (sockdir / "file").read_text() == "not a socket"
+    run(snap.RemoveSnapshot_Task(removeChildren=False))
+    assert sim.exports() == [] and not os.path.exists(stable)
+
+
 def test_revert_restores_data_and_reports_the_reverted_blocks(sim, si):
     info, vm = new_vm(sim, si, "revert")
     moid, path = info["moid"], info["disks"][0]["path"]

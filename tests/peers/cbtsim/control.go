@@ -16,6 +16,8 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -73,7 +75,7 @@ func serveJSON(h handlerFunc) http.HandlerFunc {
 var numericKeys = map[string]bool{
 	"offset": true, "length": true, "seed": true, "disk_key": true, "count": true, "page_limit": true,
 	"page_window": true, "block_size": true, "size": true, "chunk": true, "random_percent": true,
-	"zero_regions": true,
+	"zero_regions": true, "shutdown_seconds": true,
 }
 
 func coerceNumbers(v any, key string) any {
@@ -129,6 +131,7 @@ func (s *Sim) controlMux() *http.ServeMux {
 	mux.HandleFunc("POST /vms/{moid}/disks/{key}/write", serveJSON(s.apiWrite))
 	mux.HandleFunc("GET /vms/{moid}/disks/{key}/writes", serveJSON(s.apiWrites))
 	mux.HandleFunc("POST /vms/{moid}/ctk-invalidate", serveJSON(s.apiInvalidate))
+	mux.HandleFunc("POST /vms/{moid}/guest", serveJSON(s.apiGuest))
 	mux.HandleFunc("GET /faults", serveJSON(s.apiListFaults))
 	mux.HandleFunc("POST /faults", serveJSON(s.apiAddFault))
 	mux.HandleFunc("DELETE /faults", serveJSON(s.apiClearFaults))
@@ -181,6 +184,7 @@ type vmJSON struct {
 	CBTSupported            bool       `json:"cbt_supported"`
 	CBTUnsupportedReason    string     `json:"cbt_unsupported_reason,omitempty"`
 	CBTEnabled              bool       `json:"cbt_enabled"`
+	Guest                   guestJSON  `json:"guest"`
 	Disks                   []diskJSON `json:"disks"`
 	Snapshots               []snapJSON `json:"snapshots"`
 }
@@ -215,6 +219,7 @@ func (s *Sim) describeVM(vm *simulator.VirtualMachine, st *vmState) vmJSON {
 	}
 	out.ChangeTrackingSupported = vm.Capability.ChangeTrackingSupported
 	out.CBTSupported, out.CBTUnsupportedReason = vmSupport(vm)
+	out.Guest = s.describeGuest(vm, st)
 	for _, k := range st.sortedKeys() {
 		d := st.disks[k]
 		ok, why := d.eligible()
@@ -378,6 +383,7 @@ func (s *Sim) apiWrite(r *http.Request) (any, error) {
 			rec.SHA256 = sha256Hex(data)
 		}
 		s.markWrite(d, req.Offset, req.Length)
+		s.liveWritten(d, req.Offset, req.Length)
 		d.writes = append(d.writes, rec)
 		return nil
 	})
@@ -520,34 +526,88 @@ func (s *Sim) apiDeleteFault(r *http.Request) (any, error) {
 // ---------------------------------------------------------------------------------------
 // exports
 
-type exportReq struct {
-	VM       string `json:"vm"`
-	Snapshot string `json:"snapshot"`
-	DiskKey  int32  `json:"disk_key"`
+type exportDisk struct {
+	DiskKey int32  `json:"disk_key"`
+	Socket  string `json:"socket"`
 }
 
+type exportReq struct {
+	VM       string       `json:"vm"`
+	Snapshot string       `json:"snapshot"`
+	DiskKey  int32        `json:"disk_key"`
+	Socket   string       `json:"socket"`
+	Disks    []exportDisk `json:"disks"`
+}
+
+func validSocketPath(p string) error {
+	if p == "" {
+		return nil
+	}
+	if !filepath.IsAbs(p) {
+		return fmt.Errorf("socket %q must be an absolute path", p)
+	}
+	if len(p) > 107 {
+		return fmt.Errorf("socket %q is %d bytes long; unix socket paths allow at most 107", p, len(p))
+	}
+	if fi, err := os.Stat(filepath.Dir(p)); err != nil || !fi.IsDir() {
+		return fmt.Errorf("the folder of socket %q does not exist", p)
+	}
+	return nil
+}
+
+// apiAddExport starts one export ({"vm", "snapshot", "disk_key", "socket"}, answer: the export) or
+// several at once ({"vm", "snapshot", "disks": [{"disk_key", "socket"}, ...]}, answer:
+// {"exports": [...]}; all or none).
 func (s *Sim) apiAddExport(r *http.Request) (any, error) {
 	var req exportReq
 	if err := decodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	if req.VM == "" || req.DiskKey == 0 {
-		return nil, badRequest("vm and disk_key are required")
+	batch := len(req.Disks) > 0
+	if batch && (req.DiskKey != 0 || req.Socket != "") {
+		return nil, badRequest("give disk_key (and socket) or disks, not both")
 	}
-	var out *export
+	if !batch {
+		req.Disks = []exportDisk{{DiskKey: req.DiskKey, Socket: req.Socket}}
+	}
+	if req.VM == "" {
+		return nil, badRequest("vm is required")
+	}
+	seen := map[string]bool{}
+	for i, d := range req.Disks {
+		if d.DiskKey == 0 {
+			return nil, badRequest("disk_key is required (disks[%d])", i)
+		}
+		if err := validSocketPath(d.Socket); err != nil {
+			return nil, badRequest("%v", err)
+		}
+		if d.Socket != "" && seen[d.Socket] {
+			return nil, badRequest("socket %q is given twice", d.Socket)
+		}
+		seen[d.Socket] = true
+	}
+	var out []*export
 	err := s.withVM(req.VM, func(_ *simulator.Context, vm *simulator.VirtualMachine, st *vmState) error {
 		live := vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOff
-		e, err := s.startExport(req.VM, req.Snapshot, req.DiskKey, live)
-		if err != nil {
-			return conflict("%v", err)
+		for _, d := range req.Disks {
+			e, err := s.startExport(req.VM, req.Snapshot, d.DiskKey, live, d.Socket)
+			if err != nil {
+				started := out
+				s.stopExportsWhere(func(x *export) bool { return slices.Contains(started, x) })
+				out = nil
+				return conflict("%v", err)
+			}
+			out = append(out, e)
 		}
-		out = e
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	return out, nil
+	if batch {
+		return map[string]any{"exports": out}, nil
+	}
+	return out[0], nil
 }
 
 func (s *Sim) apiListExports(*http.Request) (any, error) {

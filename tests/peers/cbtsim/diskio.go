@@ -164,19 +164,20 @@ func allocatedAreas(path string, blockSize, capacity, start, end int64) ([]area,
 }
 
 // sparseCopy copies src to dst (created/truncated), copying only data extents so holes
-// stay holes. The kernel's copy_file_range is used by io.Copy between files.
-func sparseCopy(src, dst string, size int64) error {
+// stay holes. The kernel's copy_file_range is used by io.Copy between files. Returns the
+// bytes copied.
+func sparseCopy(src, dst string, size int64) (int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer in.Close()
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
+		return 0, err
 	}
 	out, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	ok := false
 	defer func() {
@@ -186,25 +187,21 @@ func sparseCopy(src, dst string, size int64) error {
 		}
 	}()
 	if err := out.Truncate(size); err != nil {
-		return err
+		return 0, err
 	}
 	ext, err := dataExtents(in, 0, size)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	var copied int64
 	for _, a := range ext {
-		if _, err := in.Seek(a.Start, io.SeekStart); err != nil {
-			return err
+		if err := copyRange(in, out, a); err != nil {
+			return copied, err
 		}
-		if _, err := out.Seek(a.Start, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := io.CopyN(out, in, a.Length); err != nil {
-			return err
-		}
+		copied += a.Length
 	}
 	ok = true
-	return out.Close()
+	return copied, out.Close()
 }
 
 // restoreFrom makes dst's content equal to src (both capacity bytes): dst's data is

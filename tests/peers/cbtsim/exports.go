@@ -34,8 +34,9 @@ type export struct {
 	done chan struct{}
 }
 
-// startExport starts nbdkit for a frozen disk (snapshot != "") or the live disk. s.mu held.
-func (s *Sim) startExport(vmMoid, snapMoid string, key int32, live bool) (*export, error) {
+// startExport starts nbdkit for a frozen disk (snapshot != "") or the live disk, on sockPath
+// (validated by the caller) or a socket in the simulator's folder. s.mu held.
+func (s *Sim) startExport(vmMoid, snapMoid string, key int32, live bool, sockPath string) (*export, error) {
 	var file, cid string
 	var size int64
 	if snapMoid != "" {
@@ -71,6 +72,20 @@ func (s *Sim) startExport(vmMoid, snapMoid string, key int32, live bool) (*expor
 	s.exportSeq++
 	id := fmt.Sprintf("e%d", s.exportSeq)
 	sock := filepath.Join(s.sockDir, id+".sock")
+	if sockPath != "" {
+		// a stable path asked by the client: an export of ours there is replaced, a leftover
+		// socket (or a symbolic link to one) removed; anything else is not ours to delete
+		s.stopExportsWhere(func(e *export) bool { return e.Socket == sockPath })
+		if fi, err := os.Lstat(sockPath); err == nil {
+			if fi.Mode()&(os.ModeSocket|os.ModeSymlink) == 0 {
+				return nil, fmt.Errorf("socket path %s exists and is not a socket", sockPath)
+			}
+			if err := os.Remove(sockPath); err != nil {
+				return nil, fmt.Errorf("removing the old socket %s: %w", sockPath, err)
+			}
+		}
+		sock = sockPath
+	}
 	cmd := exec.Command(s.nbdkit, "--readonly", "--foreground", "--exit-with-parent",
 		"--unix", sock, "file", "file="+file)
 	cmd.Stdout = os.Stderr

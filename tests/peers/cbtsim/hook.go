@@ -31,6 +31,8 @@ var vmProxyMethods = map[string]bool{
 	"RevertToCurrentSnapshot_Task": true,
 	"ReconfigVM_Task":              true,
 	"PowerOnVM_Task":               true,
+	"PowerOffVM_Task":              true,
+	"ShutdownGuest":                true,
 	"Destroy_Task":                 true,
 }
 
@@ -112,6 +114,7 @@ var defaultPrivilege = map[string]string{
 	"QueryChangedDiskAreas":        "VirtualMachine.Provisioning.DiskRandomRead",
 	"PowerOnVM_Task":               "VirtualMachine.Interact.PowerOn",
 	"PowerOffVM_Task":              "VirtualMachine.Interact.PowerOff",
+	"ShutdownGuest":                "VirtualMachine.Interact.PowerOff",
 	"Destroy_Task":                 "VirtualMachine.Inventory.Delete",
 }
 

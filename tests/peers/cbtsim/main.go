@@ -52,6 +52,8 @@ func main() {
 		nbdkitPath  = flag.String("nbdkit", "", "nbdkit binary (default: from PATH, else /usr/sbin/nbdkit)")
 		apiVersion  = flag.String("api-version", "", "override the reported vSphere API version (default: vcsim's)")
 		verboseSOAP = flag.Bool("trace", false, "log every SOAP request and response")
+		guestTools  = flag.String("guest-tools", toolsRunning, "VMware Tools of the VMs the simulator creates (start-up VMs, POST /vms without guest.tools): running, not_running or not_installed")
+		guestDelay  = flag.Float64("guest-shutdown-seconds", 1, "default delay between ShutdownGuest and poweredOff")
 	)
 	flag.Parse()
 	if *blockSize <= 0 || *blockSize%512 != 0 {
@@ -59,6 +61,12 @@ func main() {
 	}
 	if *diskSize <= 0 || *diskSize%1024 != 0 {
 		log.Fatalf("-disk-size must be a positive multiple of 1024")
+	}
+	if !toolsSettings[*guestTools] {
+		log.Fatalf("-guest-tools must be running, not_running or not_installed")
+	}
+	if *guestDelay < 0 || *guestDelay > 3600 {
+		log.Fatalf("-guest-shutdown-seconds must be 0-3600")
 	}
 	if (*username == "") != (*password == "") {
 		log.Fatalf("give both -username and -password, or neither")
@@ -146,8 +154,9 @@ func main() {
 		model: model, cfg: cfg, defaultCfg: cfg,
 		dsName: *dsName, dsDir: absDS, dsType: *dsType, stateDir: absState, sockDir: sockDir, nbdkit: nbdkit,
 		vms: map[string]*vmState{}, snaps: map[string]*snapState{}, pending: map[int]map[int32]*frozenDisk{},
-		exports:  map[string]*export{},
-		proxyRef: types.ManagedObjectReference{Type: "CbtSimProxy", Value: "cbtsim"},
+		exports:      map[string]*export{},
+		proxyRef:     types.ManagedObjectReference{Type: "CbtSimProxy", Value: "cbtsim"},
+		defaultTools: *guestTools, guestShutdownSeconds: *guestDelay,
 	}
 	px := &proxy{Self: s.proxyRef, sim: s}
 	model.Map().Put(px)

@@ -357,6 +357,14 @@ func (s *Sim) createSnapshot(ctx *simulator.Context, vmRef types.ManagedObjectRe
 	var ref types.ManagedObjectReference
 	ctx.WithLock(vm, func() {
 		ref = s.startTask(ctx, vm, name, func() (types.AnyType, *vimErr) {
+			if req.QuiesceSpec != nil && vm.Runtime.PowerState == types.VirtualMachinePowerStatePoweredOn {
+				s.mu.Lock()
+				tools := s.vmState(vm).guest.Tools
+				s.mu.Unlock()
+				if tools != toolsRunning {
+					return nil, toolsUnavailable() // quiescing needs VMware Tools in the guest
+				}
+			}
 			token, verr := s.prepareSnapshot(ctx, vm)
 			if verr != nil {
 				return nil, verr
@@ -366,7 +374,7 @@ func (s *Sim) createSnapshot(ctx *simulator.Context, vmRef types.ManagedObjectRe
 				return body.(*methods.CreateSnapshotEx_TaskBody).Res.Returnval
 			})
 			if verr != nil {
-				s.abortSnapshot(token)
+				s.abortSnapshot(token, vm.Self.Value)
 				return nil, verr
 			}
 			snapRef := res.(types.ManagedObjectReference)
@@ -402,9 +410,9 @@ func (s *Sim) prepareSnapshot(ctx *simulator.Context, vm *simulator.VirtualMachi
 		}
 		if d.Path != "" {
 			fd.Path = fmt.Sprintf("%s/frozen/%s/f%d-%d.img", s.stateDir, st.Moid, token, k)
-			if err := sparseCopy(d.Path, fd.Path, d.Capacity); err != nil {
+			if err := s.freezeDisk(d, fd, token); err != nil {
 				for _, f := range frozen {
-					removeQuiet(f.Path)
+					s.retireFrozen(st.Moid, f)
 				}
 				return 0, fileFault(d.FileName, "creating the snapshot copy: "+err.Error())
 			}
@@ -416,11 +424,11 @@ func (s *Sim) prepareSnapshot(ctx *simulator.Context, vm *simulator.VirtualMachi
 	return token, nil
 }
 
-func (s *Sim) abortSnapshot(token int) {
+func (s *Sim) abortSnapshot(token int, vmMoid string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, f := range s.pending[token] {
-		removeQuiet(f.Path)
+		s.retireFrozen(vmMoid, f)
 	}
 	delete(s.pending, token)
 }
@@ -442,7 +450,7 @@ func (s *Sim) dropSnapshots(refs []string) {
 		}
 		s.stopExportsWhere(func(e *export) bool { return e.Snapshot == r })
 		for _, f := range ss.disks {
-			removeQuiet(f.Path)
+			s.retireFrozen(ss.VM, f) // the disk's newest frozen copy is kept as its spare
 		}
 		delete(s.snaps, r)
 		log.Printf("snapshot %s of %s removed (frozen copies dropped)", r, ss.VM)
@@ -544,7 +552,15 @@ func (s *Sim) revertDisks(vm *simulator.VirtualMachine, st *vmState, ss *snapSta
 			continue
 		}
 		if err := restoreFrom(fd.Path, d.Path, d.Capacity); err != nil {
+			s.forgetSpare(d)
 			return fileFault(d.FileName, "reverting the disk: "+err.Error())
+		}
+		if fd.gen != 0 && fd.gen == d.freezeGen {
+			// the live disk is now exactly the newest frozen copy
+			d.sinceFreeze = newBitmap(s.blocks(d.Capacity))
+			d.liveStamp = stampOf(d.Path)
+		} else {
+			s.forgetSpare(d) // what differs from the newest frozen copy is not known: full copy next
 		}
 		if !d.Active {
 			continue
@@ -743,6 +759,8 @@ func (p *proxy) PowerOnVMTask(ctx *simulator.Context, req *types.PowerOnVM_Task)
 			defer s.mu.Unlock()
 			s.stopExportsWhere(func(e *export) bool { return e.VM == vm.Self.Value && e.Snapshot == "" })
 			st := s.vmState(vm)
+			st.guest.shutdownGen++
+			s.syncGuest(ctx, vm, st)
 			s.stun(vm, st)
 			s.publish(ctx, vm, st)
 			return nil, nil
@@ -784,6 +802,11 @@ func (p *proxy) DestroyTask(ctx *simulator.Context, req *types.Destroy_Task) soa
 				}
 			}
 			s.dropSnapshots(drop)
+			if st := s.vms[moid]; st != nil {
+				for _, d := range st.disks {
+					s.forgetSpare(d)
+				}
+			}
 			delete(s.vms, moid)
 			log.Printf("vm %s destroyed", moid)
 			return nil, nil

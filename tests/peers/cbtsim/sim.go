@@ -66,6 +66,12 @@ type diskState struct {
 	StarFull bool              // "*" returns the whole disk (snapshots existed when CBT was enabled, or non-VMFS)
 
 	writes []writeRecord
+
+	// frozen copies (freeze.go)
+	freezeGen   int       // token of the newest frozen copy of this disk (0: none)
+	sinceFreeze *bitmap   // blocks of the live disk written since that copy was made (nil: unknown)
+	spare       string    // that copy's file, kept after its snapshot was removed ("" if none)
+	liveStamp   fileStamp // the live file's mtime/size after the simulator's last change to it
 }
 
 func (d *diskState) changeID() string {
@@ -108,6 +114,7 @@ type vmState struct {
 	disks         map[int32]*diskState
 	CBT           bool // last applied config.changeTrackingEnabled
 	SnapsAtEnable bool // the VM had snapshots when CBT was enabled
+	guest         guestState
 }
 
 func (st *vmState) sortedKeys() []int32 {
@@ -128,6 +135,11 @@ type frozenDisk struct {
 	Seq      int64  `json:"-"`
 	StarFull bool   `json:"-"`
 	FileName string `json:"file"`
+
+	Freeze        string  `json:"freeze,omitempty"`         // how the copy was made: full or incremental
+	FreezeBytes   int64   `json:"freeze_bytes"`             // bytes copied to make it
+	FreezeSeconds float64 `json:"freeze_seconds,omitempty"` // time taken
+	gen           int     // the freeze token (see diskState.freezeGen)
 }
 
 type snapState struct {
@@ -169,6 +181,9 @@ type Sim struct {
 	freezeSeq int
 
 	proxyRef types.ManagedObjectReference
+
+	defaultTools         string  // guest tools of the VMs the simulator creates (start-up, POST /vms)
+	guestShutdownSeconds float64 // default ShutdownGuest -> poweredOff delay
 }
 
 // newCtx returns a fresh simulator context for work done outside a SOAP call (control API).
@@ -306,7 +321,9 @@ func diskCapacity(d *types.VirtualDisk) int64 {
 func (s *Sim) vmState(vm *simulator.VirtualMachine) *vmState {
 	st := s.vms[vm.Self.Value]
 	if st == nil {
-		st = &vmState{Moid: vm.Self.Value, disks: map[int32]*diskState{}}
+		// VMs created by clients over SOAP have no guest OS, so no VMware Tools (as vcsim reports);
+		// createVM sets the guest of the simulator's own VMs
+		st = &vmState{Moid: vm.Self.Value, disks: map[int32]*diskState{}, guest: s.newGuestState(toolsNotInstalled)}
 		if vm.Config != nil && vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled {
 			st.CBT = true
 			st.SnapsAtEnable = vmHasSnapshots(vm)
@@ -370,6 +387,9 @@ func (s *Sim) syncDisks(vm *simulator.VirtualMachine, st *vmState) {
 			for _, b := range d.dirty {
 				b.grow(s.blocks(capacity))
 			}
+			if d.Capacity != 0 {
+				s.forgetSpare(d) // resized: the next frozen copy is a full one
+			}
 			d.Capacity = capacity
 		}
 		d.DiskOff = false
@@ -385,8 +405,9 @@ func (s *Sim) syncDisks(vm *simulator.VirtualMachine, st *vmState) {
 			s.deactivate(d)
 		}
 	}
-	for k := range st.disks {
+	for k, d := range st.disks {
 		if !seen[k] {
+			s.forgetSpare(d)
 			delete(st.disks, k)
 		}
 	}
@@ -604,6 +625,7 @@ type vmSpec struct {
 	ChangeTrackingSupported *bool      `json:"change_tracking_supported"`
 	CBTEnabled              bool       `json:"cbt_enabled"`
 	GuestID                 string     `json:"guest_id"`
+	Guest                   *guestSpec `json:"guest"`
 	Disks                   []diskSpec `json:"disks"`
 }
 
@@ -622,6 +644,11 @@ func (s *Sim) validateVMSpec(spec *vmSpec) error {
 	}
 	if hwVersion(spec.HWVersion) == 0 {
 		return fmt.Errorf("hw_version %q must look like vmx-NN", spec.HWVersion)
+	}
+	if spec.Guest != nil {
+		if err := spec.Guest.validate(); err != nil {
+			return err
+		}
 	}
 	switch spec.PowerState {
 	case "":
@@ -801,6 +828,11 @@ func (s *Sim) createVM(ctx context.Context, spec vmSpec) (*simulator.VirtualMach
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		st := s.vmState(vm)
+		st.guest = s.newGuestState(s.defaultTools)
+		if spec.Guest != nil {
+			st.guest.apply(spec.Guest)
+		}
+		s.syncGuest(sctx, vm, st)
 		keys := st.sortedKeys()
 		for i, k := range keys {
 			if i >= len(spec.Disks) {
