@@ -6,7 +6,10 @@
 # Each peer folder is a Go module with a BINARIES file; every line is
 #   <binary-name> <package-path> [<extra ldflags ...>]
 # Binaries land in $CBT_CACHE_DIR/bin/<name>-<key> (key = hash of the Go version and the peer
-# folder's files) with a symlink $CBT_CACHE_DIR/bin/<name>; a warm run rebuilds nothing.
+# folder's files); a warm run rebuilds nothing. The symlink tests/output/bin/<name> of THIS checkout
+# points at the binary built from its own peer sources (the test bed looks there first), so two
+# checkouts sharing the cache never run each other's peers; $CBT_CACHE_DIR/bin/<name> points at the
+# newest build for use by hand.
 #
 # Usage: tests/peers/build.sh [peer ...]   (default: every peer folder)
 set -euo pipefail
@@ -15,7 +18,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${CBT_CACHE_DIR:-$HOME/.cache/cbt-toolkit}
 bindir=$cache/bin
 logdir=${CBT_OUTPUT_DIR:-$here/../output/testbed}/logs
-mkdir -p "$bindir" "$logdir"
+links=$here/../output/bin
+mkdir -p "$bindir" "$logdir" "$links"
 
 if ! command -v go >/dev/null 2>&1; then
   echo "tests/peers/build.sh: the Go toolchain is missing (expected on this machine kind at /usr/local/go/bin/go)" >&2
@@ -45,6 +49,7 @@ for peer in "${peers[@]}"; do
     out=$bindir/$name-$key
     if [ -x "$out" ]; then
       ln -sfn "$(basename "$out")" "$bindir/$name"
+      ln -sfn "$out" "$links/$name"
       echo "peer $peer: $name cached ($out)"
       continue
     fi
@@ -55,6 +60,7 @@ for peer in "${peers[@]}"; do
     if (cd "$dir" && go build -trimpath -ldflags "-s -w ${ldflags:-}" -o "$out.tmp" "$pkg") >"$log" 2>&1; then
       mv "$out.tmp" "$out"
       ln -sfn "$(basename "$out")" "$bindir/$name"
+      ln -sfn "$out" "$links/$name"
       echo "peer $peer: built $name in $(( $(date +%s) - start )) s"
     else
       rm -f "$out.tmp"

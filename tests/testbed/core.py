@@ -48,6 +48,11 @@ def log_dir() -> Path:
 
 
 def bin_dir() -> Path:
+    """Where the Go peers are: this checkout's links (tests/output/bin, made by tests/peers/build.sh
+    to the binaries built from THIS checkout's peer sources), else the shared cache's."""
+    own = REPO_ROOT / "tests" / "output" / "bin"
+    if own.is_dir():
+        return own
     path = cache_dir() / "bin"
     path.mkdir(parents=True, exist_ok=True)
     return path
