@@ -23,8 +23,8 @@ def test_ansible_test_units(staged):
 
 def test_ansible_lint_production_profile():
     proc = run([VENV_BIN / "ansible-lint", "--offline", "--profile", "production", "--nocolor"], REPO_ROOT,
-                env={"ANSIBLE_HOME": str(output_dir() / "ansible-lint-home"),
-                     "ANSIBLE_COLLECTIONS_PATH": str(collections_root())})
+               env={"ANSIBLE_HOME": str(output_dir() / "ansible-lint-home"),
+                    "ANSIBLE_COLLECTIONS_PATH": str(collections_root())})
     assert proc.returncode == 0, explain(proc)
     assert "passed" in (proc.stdout + proc.stderr).lower(), explain(proc)
 

@@ -13,7 +13,6 @@ import ssl
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def own_vcsim():
     from testbed.vcsim import Vcsim  # pylint: disable=import-outside-toplevel
