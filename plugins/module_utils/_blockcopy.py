@@ -517,16 +517,23 @@ class Engine(object):
         self._iter = iter(items)
         count = count or self.workers
         threads = []
+
+        def run(index):
+            try:
+                worker_fn(index)
+            finally:
+                self._wake.set()  # the pool notices a finished worker at once, not at the next poll
+
         for index in range(count):
-            thread = threading.Thread(target=worker_fn, args=(index,), name="block_sync-%d" % index)
+            thread = threading.Thread(target=run, args=(index,), name="block_sync-%d" % index)
             thread.daemon = True
             thread.start()
             threads.append(thread)
         while True:
+            self._wake.clear()  # before the check: a worker that ends after it wakes the wait below
             if not [t for t in threads if t.is_alive()]:
                 break
             self._wake.wait(0.2)
-            self._wake.clear()
             if progress is not None and self.error is None:
                 progress()
         for thread in threads:
