@@ -13,19 +13,10 @@ import random
 import pytest
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_codec as codec
+from ansible_collections.cbt.toolkit.tests.unit.plugins.module_utils.pb_writer import pb_varint
 
 
-# An independent protobuf writer for the tests (not the module's code).
-def pb_varint(value):
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
+# Fields and messages, built on the independent protobuf writer (not the module's code).
 def pb_field(number, wire, payload):
     key = pb_varint(number << 3 | wire)
     if wire == 2:

@@ -16,23 +16,14 @@ import pytest
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_stream as st
 from ansible_collections.cbt.toolkit.plugins.module_utils.extents import read_extent_file
-
-
-def varint(value):
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
+from ansible_collections.cbt.toolkit.tests.unit.plugins.module_utils.pb_writer import pb_varint
 
 
 def message(block_type, capacity, tuples):
-    out = b"\x08" + varint(block_type) + b"\x10" + varint(capacity)
+    out = b"\x08" + pb_varint(block_type) + b"\x10" + pb_varint(capacity)
     for off, size in tuples:
-        body = (b"\x08" + varint(off) if off else b"") + b"\x10" + varint(size)
-        out += b"\x1a" + varint(len(body)) + body
+        body = (b"\x08" + pb_varint(off) if off else b"") + b"\x10" + pb_varint(size)
+        out += b"\x1a" + pb_varint(len(body)) + body
     return out
 
 

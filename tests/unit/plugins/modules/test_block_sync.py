@@ -12,41 +12,16 @@ import os
 
 import pytest
 
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_hash as bh
 from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_io as bio
 from ansible_collections.cbt.toolkit.plugins.modules import block_sync
+from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import ExitJson, FailJson, run_module
 
 MiB = 1024 * 1024
 
 
-class Exit(Exception):
-    pass
-
-
-class Fail(Exception):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def no_exit(monkeypatch):
-    def exit_json(self, **kw):
-        raise Exit(kw)
-
-    def fail_json(self, **kw):
-        raise Fail(kw)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-
-
-def run(args, expect=Exit):
-    with patch_module_args(args):
-        with pytest.raises(expect) as err:
-            block_sync.main()
-    return err.value.args[0]
+def run(args, expect=ExitJson):
+    return run_module(block_sync, args, expect=expect)
 
 
 @pytest.fixture
@@ -73,29 +48,29 @@ def test_full_then_incremental_then_check_and_diff(tmp_path, src):
 
 
 def test_nothing_to_copy_and_checksum_file_need_options(tmp_path, src):
-    res = run({"src": src, "dest": str(tmp_path / "d")}, Fail)
+    res = run({"src": src, "dest": str(tmp_path / "d")}, FailJson)
     assert "nothing to copy" in res["msg"]
-    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "all", "checksum_file": "/tmp/x"}, Fail)
+    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "all", "checksum_file": "/tmp/x"}, FailJson)
     assert "needs verify" in res["msg"]
-    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "extents"}, Fail)
+    res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "extents"}, FailJson)
     assert "extents" in res["msg"]
 
 
 def test_validation_errors_fail_cleanly(tmp_path, src):
-    res = run({"src": src, "dest": src, "mode": "all", "state_dir": str(tmp_path / "st")}, Fail)
+    res = run({"src": src, "dest": src, "mode": "all", "state_dir": str(tmp_path / "st")}, FailJson)
     assert "are the same" in res["msg"] and "exception" not in res
 
 
 def test_missing_nbd_binding(tmp_path, src, monkeypatch):
     monkeypatch.setattr(bio, "HAS_NBD", False)
-    res = run({"src": "nbd://127.0.0.1:1/x", "dest": str(tmp_path / "d"), "mode": "all"}, Fail)
+    res = run({"src": "nbd://127.0.0.1:1/x", "dest": str(tmp_path / "d"), "mode": "all"}, FailJson)
     assert "python3-libnbd" in res["msg"]
 
 
 def test_missing_hash_library_suggests_sha256(tmp_path, src, monkeypatch):
     monkeypatch.setattr(bh, "blake3", None)
     res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "all", "verify": True,
-               "checksum_algorithm": "blake3"}, Fail)
+               "checksum_algorithm": "blake3"}, FailJson)
     assert "blake3" in res["msg"] and "checksum_algorithm: sha256" in res["msg"]
 
 
@@ -108,7 +83,7 @@ def test_verification_failure_returns_the_result(tmp_path, src, monkeypatch):
 
     monkeypatch.setattr(bio.LocalEndpoint, "write", lossy)
     res = run({"src": src, "dest": str(tmp_path / "d"), "mode": "allocated", "verify": True,
-               "checksum_algorithm": "sha256", "state_dir": str(tmp_path / "st")}, Fail)
+               "checksum_algorithm": "sha256", "state_dir": str(tmp_path / "st")}, FailJson)
     assert res["changed"] is True and res["verification"]["passed"] is False
     assert "verification failed" in res["msg"]
     assert json.loads(json.dumps(res))  # serialisable

@@ -9,40 +9,13 @@ __metaclass__ = type
 
 import os
 
-import pytest
-
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint_postgres as pg
 from ansible_collections.cbt.toolkit.plugins.modules import cbt_checkpoint, cbt_checkpoint_info
+from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import ExitJson, FailJson, run_module
 
 
-class Exit(Exception):
-    pass
-
-
-class Fail(Exception):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def no_exit(monkeypatch):
-    def exit_json(self, **kw):
-        raise Exit(kw)
-
-    def fail_json(self, **kw):
-        raise Fail(kw)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-
-
-def run(module, args, expect=Exit):
-    with patch_module_args(args):
-        with pytest.raises(expect) as err:
-            module.main()
-    return err.value.args[0]
+def run(module, args, expect=ExitJson):
+    return run_module(module, args, expect=expect)
 
 
 def test_advance_rerun_conflict_info_history(tmp_path):
@@ -53,7 +26,7 @@ def test_advance_rerun_conflict_info_history(tmp_path):
     assert res["diff"]["after"]["change_id"] == "52 1/1" and res["diff"]["before"] == {}
     res = run(cbt_checkpoint, dict(base, change_id="52 1/1"))
     assert res["changed"] is False
-    res = run(cbt_checkpoint, dict(base, change_id="52 1/2"), Fail)
+    res = run(cbt_checkpoint, dict(base, change_id="52 1/2"), FailJson)
     assert "pass expected_previous" in res["msg"] and res["conflict"] and res["current"]["change_id"] == "52 1/1"
     res = run(cbt_checkpoint, dict(base, change_id="52 1/2", expected_previous="52 1/1", _ansible_check_mode=True))
     assert res["changed"] and res["checkpoint"]["generation"] == 2
@@ -79,19 +52,19 @@ def test_info_and_check_mode_never_create_the_store(tmp_path):
 
 
 def test_argument_errors(tmp_path):
-    res = run(cbt_checkpoint, {"source_id": "s", "target": "t"}, Fail)
+    res = run(cbt_checkpoint, {"source_id": "s", "target": "t"}, FailJson)
     assert "change_id" in res["msg"]
-    res = run(cbt_checkpoint, {"source_id": "s", "target": "t", "change_id": "c", "backend": "postgresql"}, Fail)
+    res = run(cbt_checkpoint, {"source_id": "s", "target": "t", "change_id": "c", "backend": "postgresql"}, FailJson)
     assert "postgresql_dsn" in res["msg"]
     res = run(cbt_checkpoint, {"source_id": "s", "target": "t", "change_id": "c", "expected_generation": -1,
-                               "sqlite_path": str(tmp_path / "x")}, Fail)
+                               "sqlite_path": str(tmp_path / "x")}, FailJson)
     assert "expected_generation" in res["msg"]
-    res = run(cbt_checkpoint_info, {"history": True, "sqlite_path": str(tmp_path / "x")}, Fail)
+    res = run(cbt_checkpoint_info, {"history": True, "sqlite_path": str(tmp_path / "x")}, FailJson)
     assert "needs source_id and target" in res["msg"]
 
 
 def test_missing_psycopg_is_reported(tmp_path, monkeypatch):
     monkeypatch.setattr(pg, "psycopg", None)
     res = run(cbt_checkpoint, {"source_id": "s", "target": "t", "change_id": "c", "backend": "postgresql",
-                               "postgresql_dsn": "host=127.0.0.1 password=hunter2"}, Fail)
+                               "postgresql_dsn": "host=127.0.0.1 password=hunter2"}, FailJson)
     assert "psycopg" in res["msg"] and "hunter2" not in str(res)

@@ -9,40 +9,19 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import pytest
 import yaml
 from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 
 from ansible_collections.cbt.toolkit.plugins.doc_fragments.k8s_auth import ModuleDocFragment
 from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_diff
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_k8s import CsiDiffError
 from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import k8s_auth_argument_spec
 from ansible_collections.cbt.toolkit.plugins.modules import csi_snapshot_diff as mod
-
-
-class Done(SystemExit):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def exits(monkeypatch):
-    def finish(self, **kw):
-        raise Done(kw)
-
-    def fail(self, **kw):
-        kw["failed"] = True
-        raise Done(kw)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail)
+from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import run_module
 
 
 def run(args):
-    with patch_module_args(args):
-        with pytest.raises(Done) as done:
-            mod.main()
-    return done.value.args[0]
+    return run_module(mod, args)
 
 
 def test_documentation_matches_argument_spec():

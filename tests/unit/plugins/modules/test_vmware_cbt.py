@@ -9,56 +9,19 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from pyVmomi import vim
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _vmware_cbt as cbt
 from ansible_collections.cbt.toolkit.plugins.module_utils import _vmware_module as vmod
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareTaskFailed
 from ansible_collections.cbt.toolkit.plugins.modules import vmware_cbt
+from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import run_module
 
 CONN = {"hostname": "127.0.0.1", "username": "u", "password": "p"}
 
 
-class ExitJson(SystemExit):
-    pass
-
-
-class FailJson(SystemExit):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def exits(monkeypatch):
-    ansible_warnings._global_warnings.clear()
-
-    def exit_json(self, **kw):
-        kw["warnings"] = list(ansible_warnings.get_warning_messages())
-        ansible_warnings._global_warnings.clear()
-        raise ExitJson(kw)
-
-    def fail_json(self, **kw):
-        kw["failed"] = True
-        kw["warnings"] = list(ansible_warnings.get_warning_messages())
-        ansible_warnings._global_warnings.clear()
-        raise FailJson(kw)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", exit_json)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail_json)
-
-
 def run(args, check=False, diff=False):
-    args = dict(CONN, **args)
-    if check:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    with patch_module_args(args):
-        with pytest.raises(SystemExit) as err:
-            vmware_cbt.main()
-    return err.value.args[0]
+    return run_module(vmware_cbt, dict(CONN, **args), check=check, diff=diff)
 
 
 class VM(object):

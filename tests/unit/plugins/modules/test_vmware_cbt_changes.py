@@ -9,9 +9,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.common import warnings as ansible_warnings
-from ansible.module_utils.testing import patch_module_args
 from pyVmomi import vim, vmodl
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _vmware_module as vmod
@@ -19,33 +16,13 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
 from ansible_collections.cbt.toolkit.plugins.module_utils.extents import read_extent_file
 from ansible_collections.cbt.toolkit.plugins.modules import vmware_cbt_changes as mod
+from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import run_module
 
 MiB = 1 << 20
 CAP = 32 * MiB
 CID_SNAP = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/7"
 CID_BASE = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/3"
 CID_OTHER = "52 11 11 11 11 11 11 11-61 d5 4c 1b e9 7b 65 63/3"
-
-
-class Done(SystemExit):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def exits(monkeypatch):
-    ansible_warnings._global_warnings.clear()
-
-    def finish(self, **kw):
-        kw["warnings"] = list(ansible_warnings.get_warning_messages())
-        ansible_warnings._global_warnings.clear()
-        raise Done(kw)
-
-    def fail(self, **kw):
-        kw["failed"] = True
-        finish(self, **kw)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail)
 
 
 class VM(object):
@@ -103,12 +80,7 @@ def world(monkeypatch):
 def run(args, check=False):
     args = dict({"hostname": "127.0.0.1", "username": "u", "password": "p", "name": "vm1",
                  "snapshot": "round-2", "disk_key": 2000}, **args)
-    if check:
-        args["_ansible_check_mode"] = True
-    with patch_module_args(args):
-        with pytest.raises(Done) as err:
-            mod.main()
-    return err.value.args[0]
+    return run_module(mod, args, check=check)
 
 
 AREAS = [(0, 65536), (65536 * 3, 65536), (5 * MiB, 4096), (5 * MiB + 8192, 4096), (20 * MiB, MiB), (CAP - 512, 512)]

@@ -9,31 +9,13 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from pyVmomi import vim
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _vmware_module as vmod
 from ansible_collections.cbt.toolkit.plugins.modules import vmware_cbt_info as mod
+from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import run_module
 
 CID = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/4"
-
-
-class Done(SystemExit):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def exits(monkeypatch):
-    def finish(self, **kw):
-        raise Done(kw)
-
-    def fail(self, **kw):
-        kw["failed"] = True
-        raise Done(kw)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail)
 
 
 def record(name, path, cbt=False, cid=None, moid=None):
@@ -80,10 +62,7 @@ def inventory(monkeypatch):
 
 
 def run(args):
-    with patch_module_args(dict({"hostname": "h", "username": "u", "password": "p"}, **args)):
-        with pytest.raises(Done) as err:
-            mod.main()
-    return err.value.args[0]
+    return run_module(mod, dict({"hostname": "h", "username": "u", "password": "p"}, **args))
 
 
 def test_all_vms_with_the_appliance_fields_and_summary(inventory):

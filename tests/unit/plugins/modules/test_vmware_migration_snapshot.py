@@ -9,33 +9,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import pytest
-from ansible.module_utils import basic
-from ansible.module_utils.testing import patch_module_args
 from pyVmomi import vim
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _vmware_module as vmod
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareTaskFailed
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
 from ansible_collections.cbt.toolkit.plugins.modules import vmware_migration_snapshot as mod
+from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import run_module
 
 CID = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/%d"
-
-
-class Done(SystemExit):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def exits(monkeypatch):
-    def finish(self, **kw):
-        raise Done(kw)
-
-    def fail(self, **kw):
-        kw["failed"] = True
-        raise Done(kw)
-
-    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish)
-    monkeypatch.setattr(basic.AnsibleModule, "fail_json", fail)
 
 
 class World(object):
@@ -105,15 +87,8 @@ def world(monkeypatch):
 
 
 def run(args, check=False, diff=False):
-    args = dict({"hostname": "h", "username": "u", "password": "p", "name": "vm1"}, **args)
-    if check:
-        args["_ansible_check_mode"] = True
-    if diff:
-        args["_ansible_diff"] = True
-    with patch_module_args(args):
-        with pytest.raises(Done) as err:
-            mod.main()
-    return err.value.args[0]
+    return run_module(mod, dict({"hostname": "h", "username": "u", "password": "p", "name": "vm1"}, **args),
+                      check=check, diff=diff)
 
 
 def test_present_creates_once_and_returns_change_ids(world):
