@@ -186,7 +186,7 @@ class SqlStore(Store):
             return None
         if isinstance(value, datetime.datetime):
             if value.tzinfo is not None:
-                value = value.astimezone(_UTC).replace(tzinfo=None)
+                value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
             return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return str(value)
 
@@ -363,20 +363,6 @@ class SqlStore(Store):
                 self.conn.close()
             finally:
                 self.conn = None
-
-
-class _Utc(datetime.tzinfo):
-    def utcoffset(self, dt):
-        return datetime.timedelta(0)
-
-    def tzname(self, dt):
-        return "UTC"
-
-    def dst(self, dt):
-        return datetime.timedelta(0)
-
-
-_UTC = _Utc()
 
 
 class _SqliteConn(object):

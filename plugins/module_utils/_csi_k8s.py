@@ -366,24 +366,10 @@ class TokenSource:
         expires = getattr(resp.status, "expiration_timestamp", None)
         if isinstance(expires, datetime.datetime):
             if expires.tzinfo is None:
-                expires = expires.replace(tzinfo=_UTC)
-            self._expires = (expires - datetime.datetime(1970, 1, 1, tzinfo=_UTC)).total_seconds()
+                expires = expires.replace(tzinfo=datetime.timezone.utc)
+            self._expires = (expires - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)).total_seconds()
         else:
             self._expires = self.clock() + self.expiration_seconds
-
-
-class _Utc(datetime.tzinfo):
-    def utcoffset(self, dt):
-        return datetime.timedelta(0)
-
-    def tzname(self, dt):
-        return "UTC"
-
-    def dst(self, dt):
-        return datetime.timedelta(0)
-
-
-_UTC = _Utc()
 
 
 def split_address(address):
