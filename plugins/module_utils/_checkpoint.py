@@ -508,33 +508,3 @@ def open_store(params, check_mode=False):
                               namespace=params.get("configmap_namespace"),
                               history_limit=params.get("history_limit"))
     raise CheckpointError("unknown backend %r" % backend)
-
-
-def backend_argument_spec():
-    """Options shared by cbt_checkpoint and cbt_checkpoint_info (see doc fragment checkpoint_backend)."""
-    from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import k8s_auth_argument_spec
-    spec = dict(
-        backend=dict(type="str", choices=["sqlite", "postgresql", "configmap"], default="sqlite"),
-        sqlite_path=dict(type="path"),
-        postgresql_dsn=dict(type="str", no_log=True),
-        postgresql_password=dict(type="str", no_log=True),
-        table=dict(type="str", default="cbt_checkpoints"),
-        connect_timeout=dict(type="int", default=10),
-        configmap_name=dict(type="str"),
-        configmap_namespace=dict(type="str"),
-        history_limit=dict(type="int", default=100),
-    )
-    spec.update(k8s_auth_argument_spec())
-    return spec
-
-
-BACKEND_REQUIRED_IF = [
-    ("backend", "postgresql", ("postgresql_dsn",)),
-    ("backend", "configmap", ("configmap_name", "configmap_namespace")),
-]
-
-
-def fail_for_missing_library(module, exc):
-    """Report a missing optional library the Ansible way."""
-    from ansible.module_utils.basic import missing_required_lib
-    module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_error)

@@ -185,16 +185,9 @@ current:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
-    BACKEND_REQUIRED_IF,
-    CheckpointError,
-    ConflictError,
-    MissingLibrary,
-    backend_argument_spec,
-    fail_for_missing_library,
-    open_store,
+from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_module import (
+    checkpoint_module,
+    opened_store,
 )
 
 
@@ -206,22 +199,19 @@ def _summary(record):
 
 
 def main():
-    spec = backend_argument_spec()
-    spec.update(
-        source_id=dict(type="str", required=True),
-        target=dict(type="str", required=True),
-        state=dict(type="str", choices=["present", "absent"], default="present"),
-        change_id=dict(type="str"),
-        expected_previous=dict(type="str"),
-        expected_generation=dict(type="int"),
-        force=dict(type="bool", default=False),
-        bytes=dict(type="int"),
-        metadata=dict(type="dict"),
-    )
-    module = AnsibleModule(
-        argument_spec=spec,
-        supports_check_mode=True,
-        required_if=BACKEND_REQUIRED_IF + [("state", "present", ("change_id",))],
+    module = checkpoint_module(
+        dict(
+            source_id=dict(type="str", required=True),
+            target=dict(type="str", required=True),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
+            change_id=dict(type="str"),
+            expected_previous=dict(type="str"),
+            expected_generation=dict(type="int"),
+            force=dict(type="bool", default=False),
+            bytes=dict(type="int"),
+            metadata=dict(type="dict"),
+        ),
+        required_if=[("state", "present", ("change_id",))],
     )
     p = module.params
     if p["expected_generation"] is not None and p["expected_generation"] < 0:
@@ -229,9 +219,7 @@ def main():
                          % p["expected_generation"])
     if p["state"] == "present" and not p["change_id"]:
         module.fail_json(msg="change_id must not be empty")
-    store = None
-    try:
-        store = open_store(p, check_mode=module.check_mode)
+    with opened_store(module, check_mode=module.check_mode) as store:
         if p["state"] == "present":
             changed, record, previous = store.advance(
                 p["source_id"], p["target"], p["change_id"], bytes_=p["bytes"], metadata=p["metadata"],
@@ -246,15 +234,6 @@ def main():
         if module._diff:
             result["diff"] = {"before": _summary(previous), "after": _summary(record)}
         module.exit_json(**result)
-    except MissingLibrary as exc:
-        fail_for_missing_library(module, exc)
-    except ConflictError as exc:
-        module.fail_json(msg=str(exc), current=exc.current, conflict=True)
-    except CheckpointError as exc:
-        module.fail_json(msg=str(exc))
-    finally:
-        if store is not None:
-            store.close()
 
 
 if __name__ == "__main__":

@@ -122,36 +122,26 @@ backend:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
-    BACKEND_REQUIRED_IF,
-    CheckpointError,
-    MissingLibrary,
-    backend_argument_spec,
-    fail_for_missing_library,
-    open_store,
+from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_module import (
+    checkpoint_module,
+    opened_store,
 )
 
 
 def main():
-    spec = backend_argument_spec()
-    spec.update(
+    module = checkpoint_module(dict(
         source_id=dict(type="str"),
         target=dict(type="str"),
         history=dict(type="bool", default=False),
         history_count=dict(type="int", default=20),
-    )
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True, required_if=BACKEND_REQUIRED_IF)
+    ))
     p = module.params
     if p["history"] and not (p["source_id"] and p["target"]):
         module.fail_json(msg="history: true needs source_id and target")
     if p["history_count"] < 0:
         module.fail_json(msg="history_count must be 0 (all) or positive, got %d" % p["history_count"])
-    store = None
-    try:
-        # read-only: never create a SQLite file or tables (same as check mode)
-        store = open_store(p, check_mode=True)
+    # read-only: never create a SQLite file or tables (same as check mode)
+    with opened_store(module, check_mode=True) as store:
         result = {"changed": False, "backend": store.describe()}
         result["checkpoints"] = store.list(p["source_id"], p["target"])
         if p["source_id"] and p["target"]:
@@ -159,13 +149,6 @@ def main():
         if p["history"]:
             result["history"] = store.history(p["source_id"], p["target"], p["history_count"])
         module.exit_json(**result)
-    except MissingLibrary as exc:
-        fail_for_missing_library(module, exc)
-    except CheckpointError as exc:
-        module.fail_json(msg=str(exc))
-    finally:
-        if store is not None:
-            store.close()
 
 
 if __name__ == "__main__":
