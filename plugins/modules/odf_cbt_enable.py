@@ -378,31 +378,16 @@ diagnosis:
       type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import (
-    K8sConnectionError, get_api_client, k8s_auth_argument_spec, require_kubernetes)
-from ansible_collections.cbt.toolkit.plugins.module_utils._odf_kube import KubeApi, KubeError
+from ansible_collections.cbt.toolkit.plugins.module_utils._odf_kube import KubeError
 from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_diagnosis as dg
-from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_tls
 from ansible_collections.cbt.toolkit.plugins.module_utils._odf_enable import Engine, EnableError
+from ansible_collections.cbt.toolkit.plugins.module_utils._odf_module import connect, module_settings, odf_module
 
 
 def main():
-    spec = k8s_auth_argument_spec()
-    spec.update(dg.enable_argument_spec())
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    require_kubernetes(module)
-    if not _odf_tls.HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib("cryptography"), exception=_odf_tls.CRYPTOGRAPHY_IMP_ERR)
-    try:
-        st = dg.Settings(module.params)
-    except dg.InputError as exc:
-        module.fail_json(msg=str(exc))
-    try:
-        api = KubeApi(get_api_client(module.params))
-    except K8sConnectionError as exc:
-        module.fail_json(msg=str(exc))
+    module = odf_module(dg.enable_argument_spec(), cryptography_required=True)
+    st = module_settings(module)
+    api = connect(module)
 
     engine = Engine(api, st, check_mode=module.check_mode, warn=module.warn)
     diagnosis = None

@@ -176,30 +176,18 @@ diagnosis:
       type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-
-from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import (
-    K8sConnectionError, get_api_client, k8s_auth_argument_spec, require_kubernetes)
-from ansible_collections.cbt.toolkit.plugins.module_utils._odf_kube import KubeApi, KubeError
+from ansible_collections.cbt.toolkit.plugins.module_utils._odf_kube import KubeError
 from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_diagnosis as dg
-from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_tls
+from ansible_collections.cbt.toolkit.plugins.module_utils._odf_module import connect, module_settings, odf_module
 
 
 def main():
-    spec = k8s_auth_argument_spec()
-    spec.update(dg.lookup_argument_spec())
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
-    require_kubernetes(module)
-    if not _odf_tls.HAS_CRYPTOGRAPHY:
-        module.warn("%s: the diagnosis leaves out the certificate summary" % missing_required_lib("cryptography"))
+    module = odf_module(dg.lookup_argument_spec(), cryptography_required=False)
+    st = module_settings(module)
+    api = connect(module)
     try:
-        st = dg.Settings(module.params)
-    except dg.InputError as exc:
-        module.fail_json(msg=str(exc))
-    try:
-        api = KubeApi(get_api_client(module.params))
         facts = dg.gather(api, st)
-    except (K8sConnectionError, KubeError) as exc:
+    except KubeError as exc:
         module.fail_json(msg=str(exc))
     module.exit_json(changed=False, diagnosis=dg.diagnose(st, facts))
 
