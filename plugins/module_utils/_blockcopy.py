@@ -56,6 +56,8 @@ DEFAULT_WORKERS = 4
 GRANULE = 64 * 1024
 ZERO_PIECE = 64 * MiB
 DIGEST_BLOCK = 4 * MiB
+# bytes per worker whose write-back may be in flight before the worker waits for its oldest piece
+WRITE_BEHIND = 16 * MiB
 COMMIT_INTERVAL = 5.0
 COMMIT_BYTES = 1024 * MiB
 MODES = ("extents", "allocated", "all", "compare")
@@ -220,6 +222,8 @@ class Engine(object):
         self.hasher = None
         self.src_digests = {}
         self.src_have = {}
+        self.dst_digests = {}
+        self.dst_have = {}
 
     # -- validation and plan -------------------------------------------------------------------
     def _resolve_mode(self):
@@ -438,11 +442,13 @@ class Engine(object):
                 break
             pos = end
 
-    @staticmethod
-    def _kick_writeback(dst, off, length, st_written_before, st):
-        """Start write-back of what this piece wrote (like nbdcopy), so the final flush is short."""
-        if st.written > st_written_before and isinstance(dst, LocalEndpoint):
-            dst.start_writeback(off, length)
+    def _digest(self, data):
+        return self.hasher.zero_piece(len(data)) if self.zero.startswith(data) else self.hasher.piece(data)
+
+    def _store_digest(self, digests, have, idx, slot, data):
+        size = self.hasher.size
+        digests[idx][slot * size:(slot + 1) * size] = self._digest(data)
+        have[idx][slot] = 1
 
     def _zero_target_ranges(self, dst, off, length):
         """Parts of a source hole that must be zeroed on the target (skips target holes)."""
@@ -457,8 +463,9 @@ class Engine(object):
         st = self.stats[index]
         src, dst = self.sessions[index]
         buf = bytearray(self.piece)
-        tbuf = bytearray(self.piece) if self.mode == "compare" else None
-        hasher = self.hasher
+        tbuf = bytearray(self.piece) if self.mode == "compare" or self.hash_pieces else None
+        behind = dst.write_behind(WRITE_BEHIND) if isinstance(dst, LocalEndpoint) and not self.req.check_mode \
+            else None
         try:
             while not self.stop.is_set():
                 item = self._next()
@@ -474,10 +481,7 @@ class Engine(object):
                     data = src.read(off, length, buf)
                     st.read += length
                     if self.hash_pieces and full:
-                        digest = hasher.piece(data)
-                        size = hasher.size
-                        self.src_digests[idx][slot * size:(slot + 1) * size] = digest
-                        self.src_have[idx][slot] = 1
+                        self._store_digest(self.src_digests, self.src_have, idx, slot, data)
                     if self.mode == "compare":
                         tview = memoryview(dst.read(off, length, tbuf))
                         st.read += length
@@ -488,7 +492,12 @@ class Engine(object):
                             self._write_differences(dst, off, sbuf, memoryview(data), tview, st)
                     else:
                         self._write_detect(dst, off, data, st)
-                    self._kick_writeback(dst, off, length, before, st)
+                    if self.hash_pieces and full:
+                        # read back at once, while the piece is hot in the caches: the verification pass
+                        # after the copy only reads what was not checked here (resumed or partial pieces)
+                        self._store_digest(self.dst_digests, self.dst_have, idx, slot, dst.read(off, length, tbuf))
+                    if behind is not None and st.written > before:
+                        behind.written(off, length)
                 st.done += length
                 self._complete(off, length)
         except Exception as exc:  # pylint: disable=broad-except
@@ -569,12 +578,12 @@ class Engine(object):
     def _verify(self, copy, zero):
         hasher = self.hasher
         size = hasher.size
-        tdig = dict((i, bytearray(len(self.src_digests[i]))) for i in self.src_digests)
+        tdig = self.dst_digests
         mismatched_zero = []
-        items = []
-        for off, kind, length, idx, slot, _full in heapq.merge(
-                self._pieces(copy, [], self.piece, COPY), self._pieces(zero, [], ZERO_PIECE, ZERO)):
-            items.append((off, kind, length, idx, slot))
+        # pieces the copy already read back and hashed on both sides are not read again
+        items = [(off, kind, length, idx, slot) for off, kind, length, idx, slot, _full in heapq.merge(
+            self._pieces(copy, [], self.piece, COPY), self._pieces(zero, [], ZERO_PIECE, ZERO))
+            if kind == ZERO or not (self.src_have[idx][slot] and self.dst_have[idx][slot])]
         lock = threading.Lock()
 
         def worker(index):
@@ -598,13 +607,9 @@ class Engine(object):
                                         mismatched_zero.append((pos, step))
                                 pos += step
                         continue
-                    data = dst.read(off, length, buf)
-                    digest = hasher.zero_piece(length) if self.zero.startswith(data) else hasher.piece(data)
-                    tdig[idx][slot * size:(slot + 1) * size] = digest
+                    self._store_digest(tdig, self.dst_have, idx, slot, dst.read(off, length, buf))
                     if not self.src_have[idx][slot]:
-                        data = src.read(off, length, buf)
-                        digest = hasher.zero_piece(length) if self.zero.startswith(data) else hasher.piece(data)
-                        self.src_digests[idx][slot * size:(slot + 1) * size] = digest
+                        self._store_digest(self.src_digests, self.src_have, idx, slot, src.read(off, length, buf))
             except Exception as exc:  # pylint: disable=broad-except
                 self.error = exc
                 self.stop.set()
@@ -681,9 +686,7 @@ class Engine(object):
                         return
                     off = b * DIGEST_BLOCK
                     length = min(DIGEST_BLOCK, size - off)
-                    data = ep.read(off, length, buf)
-                    digest = hasher.zero_piece(length) if self.zero.startswith(data) else hasher.piece(data)
-                    digests[b * dsize:(b + 1) * dsize] = digest
+                    digests[b * dsize:(b + 1) * dsize] = self._digest(ep.read(off, length, buf))
             except Exception as exc:  # pylint: disable=broad-except
                 self.error = exc
                 self.stop.set()
@@ -886,6 +889,8 @@ class Engine(object):
                 slots = -(-length // self.piece)
                 self.src_digests[idx] = bytearray(slots * self.hasher.size)
                 self.src_have[idx] = bytearray(slots)
+                self.dst_digests[idx] = bytearray(slots * self.hasher.size)
+                self.dst_have[idx] = bytearray(slots)
         self._last_commit = time.time()
         copy_started = time.time()
         items = heapq.merge(self._pieces(copy, done, self.piece, COPY), self._pieces(zero, done, ZERO_PIECE, ZERO))

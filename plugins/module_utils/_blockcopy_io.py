@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
 import ctypes
 import ctypes.util
 import errno
@@ -40,7 +41,9 @@ BLKGETSIZE64 = 0x80081272
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
+SYNC_FILE_RANGE_WAIT_BEFORE = 0x01
 SYNC_FILE_RANGE_WRITE = 0x02
+SYNC_FILE_RANGE_WAIT_AFTER = 0x04
 
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://")
 # Largest single NBD request we send; servers commonly advertise 32 MiB and libnbd refuses > 64 MiB.
@@ -116,27 +119,60 @@ _LIBC = []
 
 def _libc():
     if not _LIBC:
-        _LIBC.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True))
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        except OSError:  # pragma: no cover - not glibc; find_library runs ldconfig, so only as a fallback
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        sfr = getattr(libc, "sync_file_range", None)
+        if sfr is not None:
+            sfr.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        _LIBC.append((libc, sfr))
     return _LIBC[0]
 
 
 def fallocate(fd, mode, offset, length):
     """``fallocate(2)``; raises ``OSError`` (Python has no wrapper for the hole-punching modes)."""
-    func = _libc().fallocate
-    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    if func(fd, mode, offset, length) != 0:
+    if _libc()[0].fallocate(fd, mode, offset, length) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 
 
 def sync_file_range(fd, offset, length, flags=SYNC_FILE_RANGE_WRITE):
-    """Start write-back of a range early (best effort, no durability guarantee)."""
-    try:
-        func = _libc().sync_file_range
-    except AttributeError:  # pragma: no cover
-        return
-    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    func(fd, offset, length, flags)
+    """Start (and with the WAIT flags, wait for) write-back of a range; no durability guarantee."""
+    func = _libc()[1]
+    if func is not None:
+        func(fd, offset, length, flags)
+
+
+class WriteBehind(object):
+    """Write-behind window of one worker on a local target, as nbdcopy keeps one.
+
+    Write-back of every written piece starts at once; while more than ``window`` bytes are in
+    flight, the oldest piece is waited for and dropped from the page cache. Dirty pages never pile
+    up, so writes are not throttled in bursts by the kernel, the final flush is short and the copy
+    does not push the rest of the page cache out.
+    """
+
+    def __init__(self, fd, window):
+        self.fd = fd
+        self.window = window
+        self.pending = collections.deque()
+        self.in_flight = 0
+
+    def written(self, offset, length):
+        sync_file_range(self.fd, offset, length)
+        self.pending.append((offset, length))
+        self.in_flight += length
+        while self.in_flight > self.window:
+            old_offset, old_length = self.pending.popleft()
+            self.in_flight -= old_length
+            sync_file_range(self.fd, old_offset, old_length,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+            try:
+                os.posix_fadvise(self.fd, old_offset, old_length, os.POSIX_FADV_DONTNEED)
+            except (OSError, AttributeError):  # pragma: no cover
+                pass
 
 
 def block_device_size(fd):
@@ -346,14 +382,9 @@ class LocalEndpoint(Endpoint):
         except OSError as exc:
             raise WriteError(self.name, 0, self.size, exc, what="flush (fsync)")
 
-    def start_writeback(self, offset, length):
-        sync_file_range(self.fd, offset, length)
-
-    def drop_cache(self, offset=0, length=0):
-        try:
-            os.posix_fadvise(self.fd, offset, length, os.POSIX_FADV_DONTNEED)
-        except (OSError, AttributeError):
-            pass
+    def write_behind(self, window):
+        """A write-behind window of ``window`` bytes for one worker writing to this target."""
+        return WriteBehind(self.fd, window)
 
     def allocation(self, offset, length):
         """``[(offset, length, is_data)]`` covering the range, or None when the kernel cannot tell.
