@@ -19,9 +19,15 @@ Starts the plain vCenter simulator with ``--vms`` VMs (default 1000) and, in one
                 vmware_cbt_info (name=...) over --loop-vms VMs; per-VM cost extrapolated to all VMs
   module        the real module through ``ansible`` (process start-up included)
 
+Then the same bulk and one-at-a-time paths (and the module) again through a TCP proxy that adds a
+fixed round-trip time (``--rtt-ms``, default 1 and 5 ms: a migration host next to vCenter, and one
+in another site). On loopback a round trip costs almost nothing; against a real vCenter every
+one-at-a-time lookup pays it.
+
 Prints medians, min/max and the ratios; never fails on a slow result.
 
     ~/.cache/cbt-toolkit/venv/bin/python benchmarks/vmware/bench_cbt_info.py [--vms 1000] [--repeat 5]
+        [--rtt-ms 1,5]
 """
 
 import argparse
@@ -38,6 +44,8 @@ sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from testbed import ansible_run  # noqa: E402 pylint: disable=wrong-import-position
 from testbed.vcsim import Vcsim  # noqa: E402 pylint: disable=wrong-import-position
+
+from latency_proxy import LatencyProxy  # noqa: E402 pylint: disable=wrong-import-position
 
 sys.path.insert(0, str(ansible_run.collections_root()))
 
@@ -125,10 +133,11 @@ def per_vm_naive(client, paths):
     return out
 
 
-def per_vm_session(sim, paths):
+def per_vm_session(sim, paths, port=None):
     out = []
     for path in paths:
-        client = VmwareClient(sim.host, sim.username, sim.password, port=sim.port, ca_cert=str(sim.ca_file)).connect()
+        client = VmwareClient(sim.host, sim.username, sim.password, port=port or sim.port,
+                              ca_cert=str(sim.ca_file)).connect()
         try:
             vm = client.content.searchIndex.FindByInventoryPath(path.lstrip("/"))
             rows = client.retrieve([object_spec(vm)], [property_spec(vim.VirtualMachine, VM_PROPERTIES)])
@@ -138,12 +147,56 @@ def per_vm_session(sim, paths):
     return out
 
 
+def with_latency(sim, rtt, args, paths, count):
+    """Bulk, one-at-a-time and module paths through a proxy adding ``rtt`` ms per round trip."""
+    proxy = LatencyProxy(sim.host, sim.port, rtt)
+    log("")
+    log("through a proxy adding %.1f ms per round trip (port %d):" % (rtt, proxy.port))
+    try:
+        client = VmwareClient(sim.host, sim.username, sim.password, port=proxy.port,
+                              ca_cert=str(sim.ca_file)).connect()
+        began = time.perf_counter()
+        client.retrieve([object_spec(client.content.rootFolder)], [property_spec(vim.Folder, ["name"])])
+        log("one small call:  %.1f ms" % (1000 * (time.perf_counter() - began)))
+        runs = {
+            "bulk": lambda: bulk(client),
+            "bulk_nodisks": lambda: bulk(client, disks=False),
+            "per_vm": lambda: per_vm(client, paths),
+            "per_vm_nodisks": lambda: per_vm(client, paths, VM_PROPERTIES_NO_DISKS),
+            "per_vm_naive": lambda: per_vm_naive(client, paths),
+            "per_vm_session": lambda: per_vm_session(sim, paths, port=proxy.port),
+        }
+        env = dict(sim.env(validate_certs=True), VMWARE_PORT=str(proxy.port))
+
+        def module_run():
+            result, run = ansible_run.run_module("vmware_cbt_info", {"include_disks": True}, env=env)
+            if result.get("count") != count:
+                raise SystemExit("module run failed: %r" % run)
+
+        runs["module"] = module_run
+        med = {}
+        for name, func in runs.items():
+            repeat = args.repeat if name.startswith("bulk") else max(1, args.per_vm_repeat)
+            samples, _unused = timed(func, repeat)
+            log(describe(name, samples))
+            med[name] = statistics.median(samples)
+        client.close()
+        log("ratios over bulk: per-vm %.1fx (without disks %.1fx), per-vm-naive %.1fx, per-vm-session %.1fx"
+            % (med["per_vm"] / med["bulk"], med["per_vm_nodisks"] / med["bulk_nodisks"],
+               med["per_vm_naive"] / med["bulk"], med["per_vm_session"] / med["bulk"]))
+        return med
+    finally:
+        proxy.close()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vms", type=int, default=1000, help="number of VMs (even; half per resource pool)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--per-vm-repeat", type=int, default=1, help="repeats of the one-at-a-time baselines")
     parser.add_argument("--loop-vms", type=int, default=20, help="VMs in the ansible-playbook loop baseline")
+    parser.add_argument("--rtt-ms", default="1,5",
+                        help="comma-separated round-trip times to add through a TCP proxy ('' for none)")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -201,6 +254,9 @@ def main():
         s_loop = [loop_total / len(loop_names) * count]
         log(describe("loop (extrap.)", s_loop) + "  (%d VMs took %.1f s)" % (len(loop_names), loop_total))
         client.close()
+        figures["latency"] = dict(
+            (rtt, with_latency(sim, rtt, args, paths, count))
+            for rtt in [float(x) for x in args.rtt_ms.split(",") if x.strip()])
 
         med = dict((k, statistics.median(v)) for k, v in
                    (("bulk", s_bulk), ("bulk_pyvmomi", s_slow), ("bulk_nodisks", s_nodisk), ("per_vm", s_one),
@@ -229,7 +285,7 @@ def main():
             % (med["per_vm_session"] / med["bulk"]))
         log("ratio per-vm / module run:  %6.1fx" % (med["per_vm"] / med["module"]))
         log("ratio ansible loop (extrapolated) / module run: %6.1fx" % (med["loop_extrapolated"] / med["module"]))
-        figures = {"vms": count, "median_seconds": med,
+        figures.update({"vms": count, "median_seconds": med,
                    "samples": {"bulk": s_bulk, "bulk_pyvmomi": s_slow, "bulk_nodisks": s_nodisk, "per_vm": s_one,
                                "per_vm_nodisks": s_one_nodisk, "per_vm_naive": s_naive,
                                "per_vm_session": s_session, "loop_extrapolated": s_loop, "module": s_module,
@@ -239,7 +295,12 @@ def main():
                    "ratio_session_over_bulk": med["per_vm_session"] / med["bulk"],
                    "ratio_loop_over_module": med["loop_extrapolated"] / med["module"],
                    "cpu_seconds": dict((k, cpu_total(k)) for k in CPU),
-                   "load_average": os.getloadavg()}
+                   "load_average": os.getloadavg()})
+        for rtt, fig in figures["latency"].items():
+            log("with %.1f ms round trips: module %.2f s (target: under 3 s); per-vm / bulk %.1fx, "
+                "per-vm-naive / bulk %.1fx, per-vm-session / bulk %.1fx (target: at least 20x)" % (
+                    rtt, fig["module"], fig["per_vm"] / fig["bulk"], fig["per_vm_naive"] / fig["bulk"],
+                    fig["per_vm_session"] / fig["bulk"]))
     finally:
         sim.stop()
     if args.json:
