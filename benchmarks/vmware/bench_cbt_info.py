@@ -286,16 +286,16 @@ def main():
         log("ratio per-vm / module run:  %6.1fx" % (med["per_vm"] / med["module"]))
         log("ratio ansible loop (extrapolated) / module run: %6.1fx" % (med["loop_extrapolated"] / med["module"]))
         figures.update({"vms": count, "median_seconds": med,
-                   "samples": {"bulk": s_bulk, "bulk_pyvmomi": s_slow, "bulk_nodisks": s_nodisk, "per_vm": s_one,
-                               "per_vm_nodisks": s_one_nodisk, "per_vm_naive": s_naive,
-                               "per_vm_session": s_session, "loop_extrapolated": s_loop, "module": s_module,
-                               "module_nodisks": s_module_nodisk, "ansible_ping": s_ping},
-                   "ratio_per_vm_over_bulk": med["per_vm"] / med["bulk"],
-                   "ratio_naive_over_bulk": med["per_vm_naive"] / med["bulk"],
-                   "ratio_session_over_bulk": med["per_vm_session"] / med["bulk"],
-                   "ratio_loop_over_module": med["loop_extrapolated"] / med["module"],
-                   "cpu_seconds": dict((k, cpu_total(k)) for k in CPU),
-                   "load_average": os.getloadavg()})
+                        "samples": {"bulk": s_bulk, "bulk_pyvmomi": s_slow, "bulk_nodisks": s_nodisk, "per_vm": s_one,
+                                    "per_vm_nodisks": s_one_nodisk, "per_vm_naive": s_naive,
+                                    "per_vm_session": s_session, "loop_extrapolated": s_loop, "module": s_module,
+                                    "module_nodisks": s_module_nodisk, "ansible_ping": s_ping},
+                        "ratio_per_vm_over_bulk": med["per_vm"] / med["bulk"],
+                        "ratio_naive_over_bulk": med["per_vm_naive"] / med["bulk"],
+                        "ratio_session_over_bulk": med["per_vm_session"] / med["bulk"],
+                        "ratio_loop_over_module": med["loop_extrapolated"] / med["module"],
+                        "cpu_seconds": dict((k, cpu_total(k)) for k in CPU),
+                        "load_average": os.getloadavg()})
         for rtt, fig in figures["latency"].items():
             log("with %.1f ms round trips: module %.2f s (target: under 3 s); per-vm / bulk %.1fx, "
                 "per-vm-naive / bulk %.1fx, per-vm-session / bulk %.1fx (target: at least 20x)" % (
