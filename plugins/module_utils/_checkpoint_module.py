@@ -18,7 +18,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
     MissingLibrary,
     open_store,
 )
-from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import k8s_auth_argument_spec
+from ansible_collections.cbt.toolkit.plugins.module_utils._k8s_args import k8s_auth_argument_spec
 
 BACKEND_REQUIRED_IF = [
     ("backend", "postgresql", ("postgresql_dsn",)),

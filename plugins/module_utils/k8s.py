@@ -14,7 +14,10 @@ __metaclass__ = type
 import json
 import traceback
 
-from ansible.module_utils.basic import env_fallback, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
+
+# re-exported: the modules take the connection options from here
+from ansible_collections.cbt.toolkit.plugins.module_utils._k8s_args import k8s_auth_argument_spec  # noqa: F401 pylint: disable=unused-import
 
 try:
     import kubernetes  # noqa: F401 pylint: disable=unused-import
@@ -28,25 +31,6 @@ except ImportError:
     HAS_KUBERNETES = False
     KUBERNETES_IMP_ERR = traceback.format_exc()
     ApiException = Exception
-
-
-def k8s_auth_argument_spec():
-    return dict(
-        kubeconfig=dict(type="raw", fallback=(env_fallback, ["K8S_AUTH_KUBECONFIG"])),
-        context=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_CONTEXT"])),
-        host=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_HOST"])),
-        api_key=dict(type="str", no_log=True, fallback=(env_fallback, ["K8S_AUTH_API_KEY"])),
-        username=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_USERNAME"])),
-        password=dict(type="str", no_log=True, fallback=(env_fallback, ["K8S_AUTH_PASSWORD"])),
-        client_cert=dict(type="path", aliases=["cert_file"], fallback=(env_fallback, ["K8S_AUTH_CERT_FILE"])),
-        client_key=dict(type="path", aliases=["key_file"], no_log=False, fallback=(env_fallback, ["K8S_AUTH_KEY_FILE"])),
-        ca_cert=dict(type="path", aliases=["ssl_ca_cert"], fallback=(env_fallback, ["K8S_AUTH_SSL_CA_CERT"])),
-        validate_certs=dict(type="bool", aliases=["verify_ssl"], fallback=(env_fallback, ["K8S_AUTH_VERIFY_SSL"])),
-        proxy=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_PROXY"])),
-        no_proxy=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_NO_PROXY"])),
-        impersonate_user=dict(type="str", fallback=(env_fallback, ["K8S_AUTH_IMPERSONATE_USER"])),
-        impersonate_groups=dict(type="list", elements="str", fallback=(env_fallback, ["K8S_AUTH_IMPERSONATE_GROUPS"])),
-    )
 
 
 class K8sConnectionError(Exception):
