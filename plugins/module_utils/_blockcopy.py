@@ -464,9 +464,10 @@ class Engine(object):
         src, dst = self.sessions[index]
         buf = bytearray(self.piece)
         tbuf = bytearray(self.piece) if self.mode == "compare" or self.hash_pieces else None
-        behind = dst.write_behind(WRITE_BEHIND) if isinstance(dst, LocalEndpoint) and not self.req.check_mode \
-            else None
+        behind = None
         try:
+            if isinstance(dst, LocalEndpoint) and not self.req.check_mode:
+                behind = dst.write_behind(WRITE_BEHIND)
             while not self.stop.is_set():
                 item = self._next()
                 if item is None:
@@ -504,6 +505,8 @@ class Engine(object):
             self.error = exc
             self.stop.set()
         finally:
+            if behind is not None:
+                behind.close()
             self._wake.set()
 
     def _open_sessions(self, count):

@@ -139,10 +139,23 @@ def fallocate(fd, mode, offset, length):
 
 
 def sync_file_range(fd, offset, length, flags=SYNC_FILE_RANGE_WRITE):
-    """Start (and with the WAIT flags, wait for) write-back of a range; no durability guarantee."""
+    """Start (and with the WAIT flags, wait for) write-back of a range; raises ``OSError``.
+
+    No durability guarantee (no metadata, no device cache flush). A write-back error reported to
+    the waiting form is consumed by it (the kernel's per-file error cursor advances), so a later
+    ``fsync`` would no longer see it: the caller must not ignore it.
+    """
     func = _libc()[1]
-    if func is not None:
-        func(fd, offset, length, flags)
+    if func is not None and func(fd, offset, length, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def stat_identity(st):
+    """What makes a local file or block device the same object: device number, or device and inode."""
+    if stat.S_ISBLK(st.st_mode):
+        return ("block", st.st_rdev)
+    return ("file", st.st_dev, st.st_ino)
 
 
 class WriteBehind(object):
@@ -152,27 +165,51 @@ class WriteBehind(object):
     flight, the oldest piece is waited for and dropped from the page cache. Dirty pages never pile
     up, so writes are not throttled in bursts by the kernel, the final flush is short and the copy
     does not push the rest of the page cache out.
+
+    The waits go through a file descriptor of its own: waiting consumes a write-back error for the
+    descriptor it is made on, and the target's own descriptor must still see it at the flush that
+    precedes every resume-state commit. The error also fails the worker at once (``WriteError``).
     """
 
-    def __init__(self, fd, window):
-        self.fd = fd
+    def __init__(self, endpoint, window):
+        self.endpoint = endpoint
         self.window = window
         self.pending = collections.deque()
         self.in_flight = 0
+        try:
+            self.fd = os.open(endpoint.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise WriteError(endpoint.name, 0, endpoint.size, exc, what="reopening for write-back")
+        if stat_identity(os.fstat(self.fd)) != endpoint.identity():
+            os.close(self.fd)
+            self.fd = None
+            raise BlockCopyError("target %s was replaced by another file while it was being written; nothing more "
+                                 "is recorded as copied, re-run the task" % endpoint.name)
 
     def written(self, offset, length):
-        sync_file_range(self.fd, offset, length)
+        self._sync(offset, length, SYNC_FILE_RANGE_WRITE)
         self.pending.append((offset, length))
         self.in_flight += length
         while self.in_flight > self.window:
             old_offset, old_length = self.pending.popleft()
             self.in_flight -= old_length
-            sync_file_range(self.fd, old_offset, old_length,
-                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
+            self._sync(old_offset, old_length,
+                       SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER)
             try:
                 os.posix_fadvise(self.fd, old_offset, old_length, os.POSIX_FADV_DONTNEED)
             except (OSError, AttributeError):  # pragma: no cover
                 pass
+
+    def _sync(self, offset, length, flags):
+        try:
+            sync_file_range(self.fd, offset, length, flags)
+        except OSError as exc:
+            raise WriteError(self.endpoint.name, offset, length, exc, what="write-back")
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 def block_device_size(fd):
@@ -287,9 +324,7 @@ class LocalEndpoint(Endpoint):
             self.read_only = not writable
 
     def identity(self):
-        if self.kind == "block":
-            return ("block", self.stat.st_rdev)
-        return ("file", self.stat.st_dev, self.stat.st_ino)
+        return stat_identity(self.stat)
 
     def backing_file_identity(self):
         """For a loop device: identity of the file behind it (to catch source == target)."""
@@ -299,10 +334,9 @@ class LocalEndpoint(Endpoint):
         if not backing:
             return None
         try:
-            st = os.stat(backing)
+            return stat_identity(os.stat(backing))
         except OSError:
             return None
-        return ("file", st.st_dev, st.st_ino)
 
     def fileno(self):
         return self.fd
@@ -384,7 +418,7 @@ class LocalEndpoint(Endpoint):
 
     def write_behind(self, window):
         """A write-behind window of ``window`` bytes for one worker writing to this target."""
-        return WriteBehind(self.fd, window)
+        return WriteBehind(self, window)
 
     def allocation(self, offset, length):
         """``[(offset, length, is_data)]`` covering the range, or None when the kernel cannot tell.

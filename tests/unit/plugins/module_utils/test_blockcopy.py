@@ -299,6 +299,69 @@ def test_read_error_reports_offset_and_keeps_state(tmp_path, images, monkeypatch
     assert result["resumed"] is False or result["bytes_resumed"] <= 5 * MiB
 
 
+def _record_write_back(monkeypatch, fail_at=None):
+    """Record every sync_file_range call; with ``fail_at``, the wait for the piece there fails with EIO."""
+    calls = []
+    real = bio.sync_file_range
+
+    def recording(fd, offset, length, flags=bio.SYNC_FILE_RANGE_WRITE):
+        waits = bool(flags & bio.SYNC_FILE_RANGE_WAIT_AFTER)
+        calls.append((fd, offset, length, waits, os.fstat(fd)))
+        if waits and fail_at is not None and offset <= fail_at < offset + length:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real(fd, offset, length, flags)
+
+    monkeypatch.setattr(bio, "sync_file_range", recording)
+    return calls
+
+
+def test_write_behind_waits_on_its_own_descriptor_of_the_target(tmp_path, images, monkeypatch):
+    src, dst = images
+    monkeypatch.setattr(bc, "WRITE_BEHIND", 2 * MiB)
+    calls = _record_write_back(monkeypatch)
+    opened = []
+    real_init = bio.LocalEndpoint.__init__
+
+    def tracking(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        opened.append((self.path, self.fd, self.identity()))
+
+    monkeypatch.setattr(bio.LocalEndpoint, "__init__", tracking)
+    sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert digest(src) == digest(dst)
+    (target_fd, target_identity), = [(fd, ident) for path, fd, ident in opened if path == str(dst)]
+    waits = [c for c in calls if c[3]]
+    # window of 2 MiB with 1 MiB pieces: every written piece but the last two is waited for
+    assert waits and all(c[2] == MiB for c in waits)
+    # the waits consume a write-back error for the descriptor they use, so it must not be the target's
+    # (its fsync before each commit must still see the error), but the same file; the target is open
+    # during every call, so its descriptor number cannot have been reused
+    assert all(bio.stat_identity(c[4]) == target_identity for c in calls)
+    assert all(c[0] != target_fd for c in calls)
+
+
+def test_write_back_error_fails_the_run_and_is_never_recorded(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    # layout dz.d.dzd: the piece at 3 MiB holds data, and the one at 5 MiB pushes it out of the window
+    monkeypatch.setattr(bc, "WRITE_BEHIND", MiB)
+    _record_write_back(monkeypatch, fail_at=3 * MiB)
+    with pytest.raises(bio.WriteError) as err:
+        sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    message = str(err.value)
+    assert "write-back error on target %s at offset %d" % (dst, 3 * MiB) in message and "Errno 5" in message
+    # no commit (target flush + state) came after the failure: the range is not recorded as copied. (A range
+    # committed before is safe: its flush succeeded on the target's own descriptor, see the test above.)
+    state = json.loads(open(_state_file(tmp_path)).read())
+    assert state["status"] == "running"
+    assert extlib.subtract([(3 * MiB, MiB)], [tuple(d) for d in state["done"]]) == [(3 * MiB, MiB)]
+    status = json.loads(open(_state_file(tmp_path).replace(".json", ".status.json")).read())
+    assert status["state"] == "failed" and "write-back" in status["message"]
+    monkeypatch.undo()
+    sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert digest(src) == digest(dst)
+
+
 def _state_file(tmp_path):
     names = [n for n in os.listdir(tmp_path / "state") if n.endswith(".json") and not n.endswith("status.json")]
     assert len(names) == 1, names
