@@ -119,11 +119,13 @@ options:
     default: true
   verify:
     description:
-      - After the final flush, read the copied ranges back from the target and compare per-piece checksums with
-        those of the source data (hashed while it was copied; ranges copied by an earlier, interrupted run are
-        read from the source again). Mismatching ranges fail the task and are removed from the resume state.
-      - Ranges made zero (source holes) are checked to read as zeros.
-      - On local targets the read-back may be served from the page cache.
+      - Read every copied piece back from the target right after writing it and compare its checksum with that
+        of the source data, hashed while it was copied. Pieces not checked during the copy (ranges copied by an
+        earlier, interrupted run, whose source is read again, and pieces cut where that run stopped) are read
+        back after the final flush. Mismatching ranges fail the task and are removed from the resume state.
+      - Ranges made zero (source holes) are checked after the final flush to read as zeros.
+      - On local targets the read-back is usually served from the page cache: it checks what the kernel holds
+        for the target, not the device's media.
     type: bool
     default: false
   image_digest:
@@ -384,7 +386,7 @@ workers:
   returned: always
   type: int
 copy_seconds:
-  description: Time spent copying, including the final flush.
+  description: Time spent copying, including the final flush and, with O(verify), the read-back of each piece.
   returned: when something was copied
   type: float
 duration_seconds:
@@ -435,7 +437,8 @@ verification:
       description: Where per-extent checksums were written.
       type: str
     seconds:
-      description: Time spent verifying.
+      description: Time spent verifying after the copy (the read-back of pieces during the copy counts in
+        RV(copy_seconds)).
       type: float
 image_digest:
   description: Whole-image digests of source and target.
