@@ -124,7 +124,7 @@ options:
         earlier, interrupted run, whose source is read again, and pieces cut where that run stopped) are read
         back after the final flush. Mismatching ranges fail the task and are removed from the resume state.
       - Ranges made zero (source holes) are checked after the final flush to read as zeros.
-      - On local targets the read-back is usually served from the page cache: it checks what the kernel holds
+      - On local targets the read-back is usually served from the page cache, so it checks what the kernel holds
         for the target, not the device's media.
     type: bool
     default: false
