@@ -4,19 +4,24 @@
 """An incremental warm round against the first full round, with 5 % of the disk changed, in one run.
 
     ~/.cache/cbt-toolkit/venv/bin/python benchmarks/vm_migration/bench_rounds.py [--size-mib 2048]
-        [--fill 60] [--changed 5] [--repeat 1] [--page-window 0] [--page-limit 2000]
+        [--fill 60] [--changed 5] [--repeat 1] [--page-window 0] [--page-limit 2000] [--source-mbps 0]
 
-For each repetition: a fresh VM on the CBT simulator (one disk of --size-mib, --fill % random data),
-round 1 (full copy of the allocated data) through ``ansible-playbook playbooks/vm_migration.yml``,
-then the guest writes --changed % of the disk in random 64 KiB - 4 MiB extents, then round 2
-(incremental). Both rounds run the whole role: snapshot, changed-area query, NBD export,
-block_sync with verification, checkpoint, snapshot removal. The durations come from the role's
-own report (round timings).
+For each repetition: a fresh VM on the CBT simulator (one disk of --size-mib, --fill % random data)
+and one ``ansible-playbook playbooks/vm_migration.yml`` run with two warm rounds, as a migration job
+runs them: round 1 (full copy of the allocated data), then the guest writes --changed % of the disk
+in random 64 KiB - 4 MiB extents (the role's after-round hook runs this script with --write-plan),
+then round 2 (incremental). Both rounds run the whole role: snapshot, changed-area query, NBD
+export, block_sync with verification, checkpoint, snapshot removal. The durations come from the
+role's own report (round timings).
 
 The simulator pages QueryChangedDiskAreas like vSphere by default here: at most --page-limit
 (2000) areas per call, no window limit (--page-window 0), so a disk's changes come back in few
 calls. The simulator's own default, 8 MiB windows, is a stress setting for clients (an 8 GiB disk
 then costs 1024 calls); --page-window 8388608 reproduces it.
+
+The snapshot disks are served by nbdkit's file plugin, as fast as this machine's disk and page
+cache go. --source-mbps N puts nbdkit's rate filter in front (N MB/s per disk), which models the
+source of a real migration: nbdkit's VDDK plugin reads 140-160 MB/s per disk.
 
 Printed per round: wall time of the round and its parts, and the ratios incremental / full for
   * the data path: changed-area query + export + verified copy (what CBT makes proportional to the
@@ -54,7 +59,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import yaml  # noqa: E402 pylint: disable=wrong-import-position
 
 from testbed.ansible_run import run_playbook  # noqa: E402 pylint: disable=wrong-import-position
-from testbed.cbtsim import CbtSim  # noqa: E402 pylint: disable=wrong-import-position
+from testbed.cbtsim import CbtSim, CbtSimControl  # noqa: E402 pylint: disable=wrong-import-position
 from testbed.core import output_dir  # noqa: E402 pylint: disable=wrong-import-position
 
 MiB = 1 << 20
@@ -66,22 +71,59 @@ def log(msg=""):
     print(msg, flush=True)
 
 
-def run_round(sim, out, inventory, label, pipelining=True):
+def run_rounds(sim, out, inventory, hook, pipelining=True):
+    """Both rounds in one ``ansible-playbook`` run, as a migration job runs them: the guest's writes
+    come from the role's after-round hook (``hook``) between round 1 and round 2."""
     env = sim.env(validate_certs=True)
     env.update({"CBTSIM_API_URL": sim.control_url, "VM_MIGRATION_OUTPUT_DIR": str(out)})
-    extra = {"vm_migration_max_rounds": 1, "vm_migration_cutover": False}
+    extra = {"vm_migration_max_rounds": 2, "vm_migration_cutover": False, "vm_migration_round_interval": 0,
+             "vm_migration_converge_ratio": 0, "vm_migration_after_round_tasks": str(hook)}
     if not pipelining:
         extra["vm_migration_pipelining"] = False
     run = run_playbook(str(PLAYBOOK), extra_vars=extra, inventory=str(inventory), env=env, timeout=3600)
-    (out / ("ansible-%s.json" % label)).write_text(run.stdout)
+    (out / "ansible.json").write_text(run.stdout)
     report = out / "report" / "report.json"
     if run.rc != 0 or not report.exists():
-        raise SystemExit("the migration round failed:\n%r" % run)
-    doc = json.loads(report.read_text())
+        raise SystemExit("the migration rounds failed:\n%r" % run)
+    rounds = json.loads(report.read_text())["vms"][0]["rounds"]
+    if len(rounds) != 2:
+        raise SystemExit("expected 2 rounds in the report, got %d (see %s)" % (len(rounds), report))
     times = task_times(run.data or {})
-    return doc["vms"][0]["rounds"][-1], times
+    starts = [start for start, _s, _n, where in times if where == ROUND_START]
+    if len(starts) != 2:
+        raise SystemExit("expected 2 starts of round.yml in the json callback output, got %d" % len(starts))
+    return ((rounds[0], [t for t in times if t[0] < starts[1]]),
+            (rounds[1], [t for t in times if t[0] >= starts[1]]))
 
 
+def write_hook(out, plan):
+    """The after-round hook: after round 1 of this run, this script writes ``plan`` into the VM's disk
+    through the simulator's control API (``--write-plan``), the guest's changes."""
+    plan_file = out / "workload.json"
+    plan_file.write_text(json.dumps(plan))
+    hook = out / "workload.yml"
+    hook.write_text(yaml.safe_dump([{
+        "name": "The guest writes its changes (benchmark workload, after round 1 only)",
+        "ansible.builtin.command": {"argv": [sys.executable, str(Path(__file__).resolve()), "--write-plan",
+                                             str(plan_file)]},
+        "when": "vm_migration_hook.round_this_run | int == 1",
+        "changed_when": True,
+    }], sort_keys=False))
+    return hook
+
+
+def write_plan(plan_file):
+    """--write-plan: write the planned extents (random data, seeded) and note how long it took."""
+    plan = json.loads(Path(plan_file).read_text())
+    control = CbtSimControl(plan["control_url"])
+    began = time.monotonic()
+    for off, length, seed in plan["extents"]:
+        control.write(plan["moid"], plan["disk_key"], off, length, pattern="random", seed=seed)
+    Path(plan_file + ".done").write_text(json.dumps({"seconds": time.monotonic() - began}))
+    return 0
+
+
+ROUND_START = "round.yml:14"
 ROUND_FILES = ("/round.yml", "/snapshot.yml", "/source_simulator.yml", "/source_vddk.yml", "/slots_acquire.yml")
 
 
@@ -158,15 +200,24 @@ def main():
                         help="simulator QueryChangedDiskAreas areas per call (vSphere: 2000)")
     parser.add_argument("--no-pipelining", action="store_true",
                         help="run the playbook with -e vm_migration_pipelining=false (the playbook's default is on)")
+    parser.add_argument("--source-mbps", type=float, default=0,
+                        help="serve the snapshot disks at this many MB/s per disk (nbdkit's rate filter), like nbdkit's "
+                             "VDDK plugin against a real vCenter (published: 140-160 MB/s per disk); 0: unlimited")
+    parser.add_argument("--write-plan", help=argparse.SUPPRESS)  # the after-round hook's own use
     args = parser.parse_args()
+    if args.write_plan:
+        return write_plan(args.write_plan)
     size = args.size_mib * MiB
     rng = random.Random(args.seed)
     base = Path(tempfile.mkdtemp(prefix="bench-vm-migration-", dir=str(output_dir())))
     results = []
     tasks = []
-    sim = CbtSim(name="bench-rounds", vms=0, page_limit=args.page_limit, page_window=args.page_window).start()
-    log("simulator paging: %d areas per call, window %s; Ansible pipelining %s; load average %s" % (
+    rate = ["-export-rate", str(int(args.source_mbps * 8e6))] if args.source_mbps > 0 else []
+    sim = CbtSim(name="bench-rounds", vms=0, page_limit=args.page_limit, page_window=args.page_window,
+                 extra_args=rate).start()
+    log("simulator paging: %d areas per call, window %s; source %s; Ansible pipelining %s; load average %s" % (
         args.page_limit, "%d bytes" % args.page_window if args.page_window else "to the end of the disk",
+        "%g MB/s per disk" % args.source_mbps if rate else "unlimited (local disk)",
         "off" if args.no_pipelining else "on", " ".join("%.2f" % x for x in os.getloadavg())))
     try:
         for rep in range(args.repeat):
@@ -180,16 +231,17 @@ def main():
                 "hosts": {name: {}},
                 "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}))
             log("repetition %d: %s, %d MiB disk, %.0f %% data" % (rep + 1, name, args.size_mib, args.fill))
-            full_round, full_tasks = run_round(sim, out, inventory, "full", not args.no_pipelining)
-            full = parts(full_round, full_tasks)
             extents = change_extents(size, args.changed / 100.0, rng)
-            began = time.monotonic()
-            for i, (off, length) in enumerate(extents):
-                sim.write(vm["moid"], 2000, off, length, pattern="random", seed=rep * 100000 + i)
-            log("  guest wrote %d extents, %.1f MiB (%.1f %% of the disk) in %.1f s" % (
+            hook = write_hook(out, {"control_url": sim.control_url, "moid": vm["moid"], "disk_key": 2000,
+                                    "extents": [[off, length, rep * 100000 + i]
+                                                for i, (off, length) in enumerate(extents)]})
+            (full_round, full_tasks), (inc_round, inc_tasks) = run_rounds(sim, out, inventory, hook,
+                                                                          not args.no_pipelining)
+            written = json.loads((out / "workload.json.done").read_text())
+            log("  between the rounds the guest wrote %d extents, %.1f MiB (%.1f %% of the disk) in %.1f s" % (
                 len(extents), sum(n for _off, n in extents) / MiB, 100.0 * sum(n for _off, n in extents) / size,
-                time.monotonic() - began))
-            inc_round, inc_tasks = run_round(sim, out, inventory, "incremental", not args.no_pipelining)
+                written["seconds"]))
+            full = parts(full_round, full_tasks)
             inc = parts(inc_round, inc_tasks)
             results.append((full, inc))
             tasks.append((full_tasks, inc_tasks))

@@ -117,21 +117,23 @@ EXAMPLES = r"""
 
 RETURN = r"""
 full_sync_required:
-  description: Whether only a full copy is safe; RV(reason) says why and RV(extents) covers the whole disk.
+  description:
+    - Whether only a full copy is safe; RV(reason) says why and RV(extents) covers the whole disk.
+    - With O(disks), whether any of the disks needs a full copy.
   returned: success
   type: bool
 reason:
   description: Why a full copy is required (null otherwise).
-  returned: success
+  returned: with O(disk_key)
   type: str
   sample: "changeId '52 ... 63/81' belongs to another CBT epoch than the disk's current changeId ..."
 fault:
   description: The vSphere fault behind RV(full_sync_required), for example V(FileFault) or V(MethodNotFound).
-  returned: when a query fault caused the full sync
+  returned: with O(disk_key), when a query fault caused the full sync
   type: str
 extents:
   description: Changed (or allocated) extents, sorted and coalesced, at most O(max_results).
-  returned: success
+  returned: with O(disk_key)
   type: list
   elements: dict
   contains:
@@ -140,48 +142,69 @@ extents:
   sample: [{offset: 0, length: 65536}, {offset: 1048576, length: 4096}]
 extents_truncated:
   description: Whether RV(extents) holds fewer extents than RV(count).
-  returned: success
+  returned: with O(disk_key)
   type: bool
 count:
   description: Number of extents (after coalescing).
-  returned: success
+  returned: with O(disk_key)
   type: int
 changed_bytes:
-  description: Sum of the extents' lengths.
+  description: Sum of the extents' lengths; with O(disks), the sum over the disks.
   returned: success
   type: int
 capacity:
   description: Disk capacity in bytes at the snapshot.
-  returned: success
+  returned: with O(disk_key)
   type: int
 pages:
   description: Number of QueryChangedDiskAreas calls.
-  returned: success
+  returned: with O(disk_key)
   type: int
 change_id:
   description: The changeId queried from (O(change_id)).
-  returned: success
+  returned: with O(disk_key)
   type: str
 snapshot_change_id:
   description: The disk's changeId at the snapshot, the base for the next round.
-  returned: success
+  returned: with O(disk_key)
   type: str
-snapshot:
-  description: The snapshot queried (name, moid, create_time).
-  returned: success
-  type: dict
 disk:
   description: The disk at the snapshot (key, label, file, capacity_bytes, eligible, reason, change_id).
+  returned: with O(disk_key)
+  type: dict
+extent_file:
+  description: Path of the extent file written (null without O(extent_file)).
+  returned: with O(disk_key)
+  type: str
+disks:
+  description:
+    - One entry per disk of O(disks), in the same order, with the single-disk keys above plus C(key).
+  returned: with O(disks)
+  type: list
+  elements: dict
+  contains:
+    key: {description: Device key of the disk., type: int, returned: always}
+    full_sync_required: {description: Whether only a full copy of this disk is safe., type: bool, returned: always}
+    reason: {description: Why a full copy is required (null otherwise)., type: str, returned: always}
+    fault: {description: The vSphere fault behind a full sync., type: str, returned: when a query fault caused it}
+    extents: {description: Extents of this disk, at most O(max_results)., type: list, elements: dict, returned: always}
+    extents_truncated: {description: Whether C(extents) holds fewer extents than C(count)., type: bool, returned: always}
+    count: {description: Number of extents., type: int, returned: always}
+    changed_bytes: {description: Sum of the extents' lengths., type: int, returned: always}
+    capacity: {description: Disk capacity in bytes at the snapshot., type: int, returned: always}
+    pages: {description: Number of QueryChangedDiskAreas calls., type: int, returned: always}
+    change_id: {description: The changeId queried from., type: str, returned: always}
+    snapshot_change_id: {description: The disk's changeId at the snapshot., type: str, returned: always}
+    disk: {description: The disk at the snapshot., type: dict, returned: always}
+    extent_file: {description: Path of the extent file written (null without one)., type: str, returned: always}
+snapshot:
+  description: The snapshot queried (name, moid, create_time).
   returned: success
   type: dict
 vm:
   description: The VM (name, moid, instance_uuid, path).
   returned: success
   type: dict
-extent_file:
-  description: Path of the extent file written (null without O(extent_file)).
-  returned: success
-  type: str
 """
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
@@ -209,33 +232,46 @@ VM_KEYS = ("name", "moid", "instance_uuid", "path")
 DISK_KEYS = ("key", "label", "file", "capacity_bytes", "backing", "disk_mode", "eligible", "reason", "change_id")
 
 
-def run(m):
-    p = m.params
-    change_id = (p["change_id"] or "").strip()
+def _check_change_id(m, change_id, what):
     if change_id != "*":
         try:
             parse_change_id(change_id)
         except ChangeIdError as exc:
-            m.module.fail_json(msg="change_id: %s" % exc, error_kind="invalid_argument")
+            m.module.fail_json(msg="%s: %s" % (what, exc), error_kind="invalid_argument")
+
+
+def _requests(m):
+    """The disks to query as (key, change_id, extent_file), validated before anything is asked."""
+    p = m.params
     if p["coalesce_gap"] < 0:
         m.module.fail_json(msg="coalesce_gap must not be negative, got %d" % p["coalesce_gap"],
                            error_kind="invalid_argument")
     if p["max_results"] < 0:
         m.module.fail_json(msg="max_results must not be negative, got %d" % p["max_results"],
                            error_kind="invalid_argument")
-    m.connect()
-    client = m.client
-    vm = m.find_vm()
-    record = read_vm(client, vm)
-    text = vm_label(record)
-    facts = vm_facts(record, include_disks=False)
-    snapshots = read_snapshots(client, vm, facts["name"])
-    snap = find_snapshot(snapshots, p["snapshot"], text)
-    snap_text = "'%s' (%s)" % (snap["name"], snap["moid"])
-    disks = snapshot_disks(client, snap["ref"], "reading the disks of snapshot %s of VM %s" % (snap_text, text))
-    disk = [d for d in disks if d["key"] == p["disk_key"]]
-    live = [d for d in describe_disks(record["props"].get("config.hardware.device") or []) if d["key"] == p["disk_key"]]
-    ineligible = (disk or live or [None])[0]
+    if p["disks"] is None:
+        change_id = (p["change_id"] or "").strip()
+        _check_change_id(m, change_id, "change_id")
+        return [(p["disk_key"], change_id, p["extent_file"])]
+    if not p["disks"]:
+        m.module.fail_json(msg="disks must name at least one disk", error_kind="invalid_argument")
+    requests = []
+    for i, entry in enumerate(p["disks"]):
+        change_id = (entry["change_id"] or "").strip()
+        _check_change_id(m, change_id, "disks[%d].change_id (disk %d)" % (i, entry["key"]))
+        requests.append((entry["key"], change_id, entry["extent_file"]))
+    for what, values in (("key", [r[0] for r in requests]), ("extent_file", [r[2] for r in requests if r[2]])):
+        repeated = sorted(set(v for v in values if values.count(v) > 1), key=str)
+        if repeated:
+            m.module.fail_json(msg="disks: each %s may appear once; repeated: %s"
+                               % (what, ", ".join(str(v) for v in repeated)), error_kind="invalid_argument")
+    return requests
+
+
+def _pick_disk(key, disks, live, text, snap_text):
+    """The disk ``key`` at the snapshot; an error for a disk CBT cannot track or one that is not there."""
+    disk = [d for d in disks if d["key"] == key]
+    ineligible = (disk or [d for d in live if d["key"] == key] or [None])[0]
     if ineligible is not None and not ineligible["eligible"]:
         raise CbtError("disk %d '%s' (%s) of VM %s cannot be tracked by CBT (%s); it is not captured by snapshot %s "
                        "either, so its changes cannot be queried: copy it another way"
@@ -243,16 +279,21 @@ def run(m):
                           snap_text), kind="unsupported")
     if not disk:
         raise CbtError("VM %s has no disk with key %d at snapshot %s; disks: %s"
-                       % (text, p["disk_key"], snap_text,
+                       % (text, key, snap_text,
                           ", ".join("%d (%s, %s)" % (d["key"], d["label"], d["file"]) for d in disks) or "none"),
                        kind="not_found")
-    disk = disk[0]
+    return disk[0]
+
+
+def _query(m, ctx, disk, change_id, extent_file):
+    """Changed areas of one disk; returns its result and the extent file writer (not yet closed:
+    the caller publishes every disk's file once all queries succeeded)."""
+    p = m.params
+    client, vm, facts, snap, text, snap_text = ctx
     capacity = disk["capacity_bytes"]
-    result = dict(changed=False, vm=dict((k, facts.get(k)) for k in VM_KEYS), snapshot=snapshot_public(snap),
-                  disk=dict((k, disk.get(k)) for k in DISK_KEYS), capacity=capacity, change_id=change_id,
-                  snapshot_change_id=disk["change_id"], full_sync_required=False, reason=None, pages=0,
-                  extent_file=None)
-    writer = None
+    result = dict(key=disk["key"], disk=dict((k, disk.get(k)) for k in DISK_KEYS), capacity=capacity,
+                  change_id=change_id, snapshot_change_id=disk["change_id"], full_sync_required=False, reason=None,
+                  pages=0, extent_file=None)
     metadata = {
         "capacity": capacity,
         "source": "vmware://%s/%s/disk-%d@%s" % (client.hostname, facts["instance_uuid"] or facts["moid"],
@@ -264,15 +305,16 @@ def run(m):
         "vm_instance_uuid": facts["instance_uuid"],
         "snapshot": snap["moid"],
     }
-    collector = None
+    writer = None
     try:
-        if p["extent_file"]:
-            writer = ExtentFileWriter(p["extent_file"], metadata=dict(metadata, full_sync_required="false"))
+        if extent_file:
+            writer = ExtentFileWriter(extent_file, metadata=dict(metadata, full_sync_required="false"))
         collector = ExtentCollector(capacity, gap=p["coalesce_gap"], max_results=p["max_results"],
                                     sink=writer.add if writer else None)
         check_change_id_lineage(change_id, disk, snap_text)
         what = "querying the changed areas of disk %d of VM %s at snapshot %s" % (disk["key"], text, snap_text)
-        for _start, _length, areas in iter_changed_areas(client, vm, snap["ref"], disk["key"], capacity, change_id, what):
+        for _start, _length, areas in iter_changed_areas(client, vm, snap["ref"], disk["key"], capacity, change_id,
+                                                         what):
             result["pages"] += 1
             for area_start, area_length in areas:
                 collector.add(area_start, area_length)
@@ -280,8 +322,8 @@ def run(m):
     except FullSyncRequired as full:
         if writer is not None:
             writer.abort()
-            full_metadata = dict(metadata, full_sync_required="true", reason=full.reason)
-            writer = ExtentFileWriter(p["extent_file"], metadata=full_metadata)
+            writer = ExtentFileWriter(extent_file, metadata=dict(metadata, full_sync_required="true",
+                                                                 reason=full.reason))
         collector = ExtentCollector(capacity, max_results=p["max_results"], sink=writer.add if writer else None)
         collector.add(0, capacity)
         collector.finish()
@@ -293,24 +335,68 @@ def run(m):
         if writer is not None:
             writer.abort()
         raise
-    if writer is not None:
-        written = writer.close()
-        result["extent_file"] = written["path"]
     result.update(extents=collector.kept, count=collector.count, changed_bytes=collector.bytes,
                   extents_truncated=collector.count > len(collector.kept))
-    m.exit(**result)
+    return result, writer
+
+
+def run(m):
+    requests = _requests(m)
+    m.connect()
+    client = m.client
+    vm = m.find_vm()
+    record = read_vm(client, vm)
+    text = vm_label(record)
+    facts = vm_facts(record, include_disks=False)
+    snapshots = read_snapshots(client, vm, facts["name"])
+    snap = find_snapshot(snapshots, m.params["snapshot"], text)
+    snap_text = "'%s' (%s)" % (snap["name"], snap["moid"])
+    disks = snapshot_disks(client, snap["ref"], "reading the disks of snapshot %s of VM %s" % (snap_text, text))
+    live = describe_disks(record["props"].get("config.hardware.device") or [])
+    picked = [_pick_disk(key, disks, live, text, snap_text) for key, _cid, _file in requests]
+    ctx = (client, vm, facts, snap, text, snap_text)
+    results, writers = [], []
+    try:
+        for disk, (_key, change_id, extent_file) in zip(picked, requests):
+            result, writer = _query(m, ctx, disk, change_id, extent_file)
+            results.append(result)
+            writers.append(writer)
+    except BaseException:
+        for writer in writers:
+            if writer is not None:
+                writer.abort()
+        raise
+    # every query succeeded: the extent files appear now, all of them
+    for result, writer in zip(results, writers):
+        if writer is not None:
+            result["extent_file"] = writer.close()["path"]
+    common = dict(changed=False, vm=dict((k, facts.get(k)) for k in VM_KEYS), snapshot=snapshot_public(snap))
+    if m.params["disks"] is None:
+        result = results[0]
+        del result["key"]
+        m.exit(**dict(common, **result))
+    m.exit(**dict(common, disks=results, full_sync_required=any(r["full_sync_required"] for r in results),
+                  changed_bytes=sum(r["changed_bytes"] for r in results)))
 
 
 def main():
     m = VmwareModule(
         argument_spec=dict(
             snapshot=dict(type="str", required=True),
-            disk_key=dict(type="int", required=True, no_log=False),
-            change_id=dict(type="str", required=True),
+            disk_key=dict(type="int", no_log=False),
+            change_id=dict(type="str"),
             extent_file=dict(type="path"),
+            disks=dict(type="list", elements="dict", options=dict(
+                key=dict(type="int", required=True, no_log=False),
+                change_id=dict(type="str", required=True),
+                extent_file=dict(type="path"),
+            )),
             coalesce_gap=dict(type="int", default=0),
             max_results=dict(type="int", default=1000),
         ),
+        mutually_exclusive=[("disks", "disk_key"), ("disks", "change_id"), ("disks", "extent_file")],
+        required_one_of=[("disks", "disk_key")],
+        required_together=[("disk_key", "change_id")],
         supports_check_mode=True,
     )
     m.run(run)

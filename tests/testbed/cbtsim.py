@@ -5,7 +5,8 @@
 
     sim = CbtSim().start()         # VMs cbtsim-vm0, cbtsim-vm1 (one 64 MiB disk each, powered on)
     sim.host, sim.port, sim.url, sim.username, sim.password, sim.ca_file
-    sim.control_url                # the control API (plain HTTP, see tests/peers/cbtsim/README.md)
+    sim.control_url                # the control API (plain HTTP, see tests/peers/cbtsim/README.md);
+                                   # CbtSimControl(url) speaks it from another process
     sim.env()                      # VMWARE_HOST/PORT/USER/PASSWORD, VMWARE_VALIDATE_CERTS=false
     sim.env(validate_certs=True)   # ... VMWARE_VALIDATE_CERTS=true and VMWARE_CA_CERT=<ca_file>
     sim.connect()                  # a pyVmomi ServiceInstance (certificate verified with ca_file)
@@ -59,171 +60,16 @@ class CbtSimError(RuntimeError):
         super().__init__("cbtsim control API %s %s: HTTP %d: %s" % (method, path, status, message))
 
 
-class CbtSim:
-    """A running cbtsim; see the module docstring."""
+class CbtSimControl:
+    """The simulator's control API (plain HTTP on loopback) at ``control_url``. CbtSim is one; a
+    process that did not start the simulator (a playbook's hook, say) makes its own from the URL."""
 
-    peer = "cbtsim"
-    binary_name = "cbtsim"
-
-    def __init__(self, name: str = "default", username: str = DEFAULT_USERNAME, password: str | None = None,
-                 vms: int = 2, disk_size: int = 64 * MiB, fill_percent: float = 0.0,
-                 page_limit: int | None = None, page_window: int | None = None, block_size: int | None = None,
-                 datastore_type: str = "VMFS", tls: bool = True, workdir=None, extra_args=(),
-                 keep_files: bool = False, start_timeout: float = 60.0):
-        self.name = name
-        self.id = "%s-%d-%d" % (name, os.getpid(), next(_SEQ))
-        self.workdir = Path(workdir) if workdir else output_dir() / "cbtsim" / self.id
-        self.username = username
-        self.password = password or ("Cbt-" + secrets.token_urlsafe(12))
-        self.vm_count = vms
-        self.disk_size = disk_size
-        self.fill_percent = fill_percent
-        self.page_limit = page_limit
-        self.page_window = page_window
-        self.block_size = block_size
-        self.datastore_type = datastore_type
-        self.tls = tls
-        self.extra_args = list(extra_args)
-        self.keep_files = keep_files
-        self.start_timeout = start_timeout
-        self.binary = bin_dir() / self.binary_name
-        self.host = "127.0.0.1"
-        self.port: int | None = None
-        self.url: str | None = None
-        self.control_url: str | None = None
-        self.ca_file: Path | None = None
-        self.datastore_dir: Path | None = None
-        self.datastore: str | None = None
-        self.datacenter: str | None = None
-        self.cluster: str | None = None
-        self.ready: dict | None = None
-        self.startup_seconds: float | None = None
-        self.process: Process | None = None
-
-    # ---- life cycle --------------------------------------------------------------------------
-
-    def start(self) -> "CbtSim":
-        require_binary(self.peer, self.binary)
-        began = time.monotonic()
-        if self.workdir.exists():
-            shutil.rmtree(self.workdir)
-        self.workdir.mkdir(parents=True)
-        ready_file = self.workdir / "ready.json"
-        argv = [
-            self.binary,
-            "-l", "127.0.0.1:0",
-            "-control", "127.0.0.1:0",
-            "-datastore-dir", self.workdir / "datastore",
-            "-datastore-type", self.datastore_type,
-            "-state-dir", self.workdir / "state",
-            "-username", self.username,
-            "-password", self.password,
-            "-vms", str(self.vm_count),
-            "-disk-size", str(self.disk_size),
-            "-fill-percent", str(self.fill_percent),
-            "-tls=%s" % ("true" if self.tls else "false"),
-            "-ready-file", ready_file,
-        ]
-        if self.page_limit is not None:
-            argv += ["-page-limit", str(self.page_limit)]
-        if self.page_window is not None:
-            argv += ["-page-window", str(self.page_window)]
-        if self.block_size is not None:
-            argv += ["-block-size", str(self.block_size)]
-        argv += self.extra_args
-        # the password is on the command line: acceptable for a loopback test peer
-        self.process = Process(self.peer, argv, env={"TMPDIR": str(self.workdir)},
-                               log_name="cbtsim-%s.log" % self.id).start()
-
-        def is_ready():
-            if not ready_file.exists():
-                return False
-            doc = json.loads(ready_file.read_text())
-            self.ready = doc
-            self.port = int(doc["port"])
-            self.url = doc["url"]
-            self.control_url = doc["control_url"]
-            self.ca_file = Path(doc["ca_file"]) if doc.get("ca_file") else None
-            self.datastore_dir = Path(doc["datastore_dir"])
-            self.datastore = doc["datastore"]
-            self.datacenter = doc["datacenter"]
-            self.cluster = doc["cluster"]
-            if self.tls:
-                ctx = ssl.create_default_context(cafile=str(self.ca_file))
-                with urllib.request.urlopen("https://%s:%d/about" % (self.host, self.port), context=ctx,
-                                            timeout=5) as resp:
-                    if resp.status != 200:
-                        return False
-            with urllib.request.urlopen(self.control_url + "/healthz", timeout=5) as resp:
-                return resp.status == 200
-
-        self.process.wait_ready(is_ready, timeout=self.start_timeout, what="serving (ready file %s)" % ready_file)
-        self.startup_seconds = time.monotonic() - began
-        return self
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop()
-        if not self.keep_files:
-            shutil.rmtree(self.workdir / "datastore", ignore_errors=True)
-            shutil.rmtree(self.workdir / "state", ignore_errors=True)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
+    def __init__(self, control_url: str | None = None):
+        self.control_url = control_url
 
     def _require_started(self) -> None:
-        if self.port is None or self.process is None or not self.process.alive():
-            raise PeerError(self.peer, "simulator %s is not running (call start() first)" % self.name,
-                            self.process.argv if self.process else None,
-                            self.process.log if self.process else None)
-
-    # ---- facts for clients -------------------------------------------------------------------
-
-    def env(self, validate_certs: bool = False) -> dict:
-        """Connection variables as vmware.vmware-style modules read them."""
-        self._require_started()
-        env = {
-            "VMWARE_HOST": self.host,
-            "VMWARE_PORT": str(self.port),
-            "VMWARE_USER": self.username,
-            "VMWARE_PASSWORD": self.password,
-            "VMWARE_VALIDATE_CERTS": "true" if validate_certs else "false",
-        }
-        if validate_certs:
-            env["VMWARE_CA_CERT"] = str(self.ca_file)
-        return env
-
-    def connect(self, validate_certs: bool = True):
-        """A pyVmomi ServiceInstance logged in as the simulator's user (caller disconnects)."""
-        self._require_started()
-        from pyVim.connect import SmartConnect  # pylint: disable=import-outside-toplevel
-
-        if validate_certs and self.tls:
-            ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        else:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return SmartConnect(host=self.host, port=self.port, user=self.username, pwd=self.password,
-                            sslContext=ctx)
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "url": self.url,
-            "control_url": self.control_url,
-            "username": self.username,
-            "ca_file": str(self.ca_file) if self.ca_file else None,
-            "datastore_dir": str(self.datastore_dir) if self.datastore_dir else None,
-            "startup_seconds": round(self.startup_seconds or 0, 2),
-            "log": str(self.process.log) if self.process else None,
-        }
-
-    # ---- control API -------------------------------------------------------------------------
+        if not self.control_url:
+            raise RuntimeError("cbtsim control API: no control URL")
 
     def _request(self, method: str, path: str, body=None, timeout: float = 300.0):
         self._require_started()
@@ -372,6 +218,171 @@ class CbtSim:
     def reset(self) -> dict:
         """Clear fault rules, stop every export and restore the start-up paging configuration."""
         return self._request("POST", "/reset", {})
+
+
+class CbtSim(CbtSimControl):
+    """A running cbtsim; see the module docstring."""
+
+    peer = "cbtsim"
+    binary_name = "cbtsim"
+
+    def __init__(self, name: str = "default", username: str = DEFAULT_USERNAME, password: str | None = None,
+                 vms: int = 2, disk_size: int = 64 * MiB, fill_percent: float = 0.0,
+                 page_limit: int | None = None, page_window: int | None = None, block_size: int | None = None,
+                 datastore_type: str = "VMFS", tls: bool = True, workdir=None, extra_args=(),
+                 keep_files: bool = False, start_timeout: float = 60.0):
+        self.name = name
+        self.id = "%s-%d-%d" % (name, os.getpid(), next(_SEQ))
+        self.workdir = Path(workdir) if workdir else output_dir() / "cbtsim" / self.id
+        self.username = username
+        self.password = password or ("Cbt-" + secrets.token_urlsafe(12))
+        self.vm_count = vms
+        self.disk_size = disk_size
+        self.fill_percent = fill_percent
+        self.page_limit = page_limit
+        self.page_window = page_window
+        self.block_size = block_size
+        self.datastore_type = datastore_type
+        self.tls = tls
+        self.extra_args = list(extra_args)
+        self.keep_files = keep_files
+        self.start_timeout = start_timeout
+        self.binary = bin_dir() / self.binary_name
+        self.host = "127.0.0.1"
+        self.port: int | None = None
+        self.url: str | None = None
+        super().__init__(None)
+        self.ca_file: Path | None = None
+        self.datastore_dir: Path | None = None
+        self.datastore: str | None = None
+        self.datacenter: str | None = None
+        self.cluster: str | None = None
+        self.ready: dict | None = None
+        self.startup_seconds: float | None = None
+        self.process: Process | None = None
+
+    # ---- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> "CbtSim":
+        require_binary(self.peer, self.binary)
+        began = time.monotonic()
+        if self.workdir.exists():
+            shutil.rmtree(self.workdir)
+        self.workdir.mkdir(parents=True)
+        ready_file = self.workdir / "ready.json"
+        argv = [
+            self.binary,
+            "-l", "127.0.0.1:0",
+            "-control", "127.0.0.1:0",
+            "-datastore-dir", self.workdir / "datastore",
+            "-datastore-type", self.datastore_type,
+            "-state-dir", self.workdir / "state",
+            "-username", self.username,
+            "-password", self.password,
+            "-vms", str(self.vm_count),
+            "-disk-size", str(self.disk_size),
+            "-fill-percent", str(self.fill_percent),
+            "-tls=%s" % ("true" if self.tls else "false"),
+            "-ready-file", ready_file,
+        ]
+        if self.page_limit is not None:
+            argv += ["-page-limit", str(self.page_limit)]
+        if self.page_window is not None:
+            argv += ["-page-window", str(self.page_window)]
+        if self.block_size is not None:
+            argv += ["-block-size", str(self.block_size)]
+        argv += self.extra_args
+        # the password is on the command line: acceptable for a loopback test peer
+        self.process = Process(self.peer, argv, env={"TMPDIR": str(self.workdir)},
+                               log_name="cbtsim-%s.log" % self.id).start()
+
+        def is_ready():
+            if not ready_file.exists():
+                return False
+            doc = json.loads(ready_file.read_text())
+            self.ready = doc
+            self.port = int(doc["port"])
+            self.url = doc["url"]
+            self.control_url = doc["control_url"]
+            self.ca_file = Path(doc["ca_file"]) if doc.get("ca_file") else None
+            self.datastore_dir = Path(doc["datastore_dir"])
+            self.datastore = doc["datastore"]
+            self.datacenter = doc["datacenter"]
+            self.cluster = doc["cluster"]
+            if self.tls:
+                ctx = ssl.create_default_context(cafile=str(self.ca_file))
+                with urllib.request.urlopen("https://%s:%d/about" % (self.host, self.port), context=ctx,
+                                            timeout=5) as resp:
+                    if resp.status != 200:
+                        return False
+            with urllib.request.urlopen(self.control_url + "/healthz", timeout=5) as resp:
+                return resp.status == 200
+
+        self.process.wait_ready(is_ready, timeout=self.start_timeout, what="serving (ready file %s)" % ready_file)
+        self.startup_seconds = time.monotonic() - began
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+        if not self.keep_files:
+            shutil.rmtree(self.workdir / "datastore", ignore_errors=True)
+            shutil.rmtree(self.workdir / "state", ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def _require_started(self) -> None:
+        if self.port is None or self.process is None or not self.process.alive():
+            raise PeerError(self.peer, "simulator %s is not running (call start() first)" % self.name,
+                            self.process.argv if self.process else None,
+                            self.process.log if self.process else None)
+
+    # ---- facts for clients -------------------------------------------------------------------
+
+    def env(self, validate_certs: bool = False) -> dict:
+        """Connection variables as vmware.vmware-style modules read them."""
+        self._require_started()
+        env = {
+            "VMWARE_HOST": self.host,
+            "VMWARE_PORT": str(self.port),
+            "VMWARE_USER": self.username,
+            "VMWARE_PASSWORD": self.password,
+            "VMWARE_VALIDATE_CERTS": "true" if validate_certs else "false",
+        }
+        if validate_certs:
+            env["VMWARE_CA_CERT"] = str(self.ca_file)
+        return env
+
+    def connect(self, validate_certs: bool = True):
+        """A pyVmomi ServiceInstance logged in as the simulator's user (caller disconnects)."""
+        self._require_started()
+        from pyVim.connect import SmartConnect  # pylint: disable=import-outside-toplevel
+
+        if validate_certs and self.tls:
+            ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        else:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return SmartConnect(host=self.host, port=self.port, user=self.username, pwd=self.password,
+                            sslContext=ctx)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "url": self.url,
+            "control_url": self.control_url,
+            "username": self.username,
+            "ca_file": str(self.ca_file) if self.ca_file else None,
+            "datastore_dir": str(self.datastore_dir) if self.datastore_dir else None,
+            "startup_seconds": round(self.startup_seconds or 0, 2),
+            "log": str(self.process.log) if self.process else None,
+        }
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m testbed.cbtsim

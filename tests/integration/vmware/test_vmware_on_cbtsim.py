@@ -233,6 +233,54 @@ def test_changed_areas_equal_the_workload_writes_across_rounds_and_page_sizes(ru
         assert previous_cid == changes["snapshot_change_id"]
 
 
+def test_several_disks_in_one_call_equal_each_disk_s_writes(run_tasks_env, sim, tmp_path):
+    block = sim.config()["block_size"]
+    sim.config(page_limit=3, page_window=2 * MiB)
+    sizes = {2000: 16 * MiB, 2001: 24 * MiB}
+    moid = sim.create_vm("twodisks", disks=[sizes[2000], sizes[2001]])["moid"]
+    (_enable, snap0), run = run_tasks_env([
+        ("vmware_cbt", {"name": "twodisks"}),
+        ("vmware_migration_snapshot", {"name": "twodisks", "snapshot_name": "r0"}),
+    ])
+    assert sorted(snap0["change_ids"]) == ["2000", "2001"], run
+    since = {key: max([w["index"] for w in sim.writes(moid, key)] or [0]) for key in sizes}
+    rng = random.Random(4242)
+    for key, size in sizes.items():
+        for _write in range(12):
+            sim.write(moid, key, rng.randrange(0, size - 200000) // 512 * 512, rng.choice([512, block, 200000]),
+                      seed=rng.randrange(1 << 30))
+    files = {key: tmp_path / ("disk-%d.extents" % key) for key in sizes}
+    (snap1, changes), run = run_tasks_env([
+        ("vmware_migration_snapshot", {"name": "twodisks", "snapshot_name": "r1"}),
+        ("vmware_cbt_changes", {"name": "twodisks", "snapshot": "r1", "max_results": 0, "disks": [
+            {"key": 2001, "change_id": snap0["change_ids"]["2001"], "extent_file": str(files[2001])},
+            {"key": 2000, "change_id": snap0["change_ids"]["2000"], "extent_file": str(files[2000])}]}),
+    ])
+    assert changes.get("failed") is not True and changes["full_sync_required"] is False, run
+    assert [d["key"] for d in changes["disks"]] == [2001, 2000]
+    total = 0
+    for result in changes["disks"]:
+        key = result["key"]
+        expected = blocks_of(sim.writes(moid, key, since=since[key]), block)
+        meta, extents = read_extent_file(str(files[key]))
+        assert extents == expected, key
+        assert meta["disk_key"] == str(key) and meta["capacity"] == sizes[key]
+        assert result["snapshot_change_id"] == snap1["change_ids"][str(key)] and result["pages"] >= sizes[key] // (2 * MiB)
+        total += result["changed_bytes"]
+    assert changes["changed_bytes"] == total > 0
+
+    # a bad disk among good ones: nothing is written for any of them
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (failed,), run = run_tasks_env([
+        ("vmware_cbt_changes", {"name": "twodisks", "snapshot": "r1", "disks": [
+            {"key": 2000, "change_id": "*", "extent_file": str(bad / "a.extents")},
+            {"key": 2002, "change_id": "*", "extent_file": str(bad / "b.extents")}]}),
+    ])
+    assert failed.get("failed") is True and "no disk with key 2002" in failed["msg"], run
+    assert "Traceback" not in failed.get("module_stderr", "") and list(bad.iterdir()) == []
+
+
 def test_star_equals_the_allocated_areas(run_tasks_env, sim, tmp_path):
     block = sim.config()["block_size"]
     capacity = 32 * MiB

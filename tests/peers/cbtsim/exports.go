@@ -86,8 +86,14 @@ func (s *Sim) startExport(vmMoid, snapMoid string, key int32, live bool, sockPat
 		}
 		sock = sockPath
 	}
-	cmd := exec.Command(s.nbdkit, "--readonly", "--foreground", "--exit-with-parent",
-		"--unix", sock, "file", "file="+file)
+	args := []string{"--readonly", "--foreground", "--exit-with-parent", "--unix", sock}
+	if s.exportRate != "" {
+		// a short bucket: a round's reads must not start with seconds of unthrottled burst
+		args = append(args, "--filter=rate", "file", "file="+file, "rate="+s.exportRate, "burstiness=0.1")
+	} else {
+		args = append(args, "file", "file="+file)
+	}
+	cmd := exec.Command(s.nbdkit, args...)
 	cmd.Stdout = os.Stderr
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {

@@ -167,6 +167,8 @@ type Sim struct {
 	stateDir string
 	sockDir  string
 	nbdkit   string
+	// bits per second per export (nbdkit rate filter); empty: unlimited
+	exportRate string
 
 	vms     map[string]*vmState
 	snaps   map[string]*snapState

@@ -58,12 +58,13 @@ def world(monkeypatch):
         return self.client
 
     def devices():
-        return [vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0),
-                vim.vm.device.VirtualDisk(key=2000, controllerKey=1000, unitNumber=0, capacityInBytes=CAP,
-                                          deviceInfo=vim.Description(label="Hard disk 1", summary=""),
-                                          backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-                                              fileName="[ds] vm1/vm1.vmdk", diskMode="persistent",
-                                              changeId=state.get("snap_cid", CID_SNAP)))]
+        return [vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0)] + [
+            vim.vm.device.VirtualDisk(key=2000 + i, controllerKey=1000, unitNumber=i, capacityInBytes=CAP,
+                                      deviceInfo=vim.Description(label="Hard disk %d" % (i + 1), summary=""),
+                                      backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                                          fileName="[ds] vm1/vm1%s.vmdk" % ("_%d" % i if i else ""),
+                                          diskMode="persistent", changeId=state.get("snap_cid", CID_SNAP)))
+            for i in range(state.get("disks", 1))]
 
     snaps = [{"name": "round-2", "moid": "snapshot-2", "ref": vim.vm.Snapshot("snapshot-2"), "description": "",
               "create_time": None, "id": 2, "quiesced": False, "parent": None, "depth": 0}]
@@ -204,3 +205,77 @@ def test_ineligible_disk_is_an_error_not_a_full_sync(world, monkeypatch):
     res = run({"change_id": "*"})
     assert res["failed"] and res["error_kind"] == "unsupported" and "independent" in res["msg"]
     assert world["vm"].calls == []
+
+
+def run_disks(disks, check=False, **args):
+    args = dict({"hostname": "127.0.0.1", "username": "u", "password": "p", "name": "vm1", "snapshot": "round-2",
+                 "disks": disks}, **args)
+    return run_module(mod, args, check=check)
+
+
+def test_several_disks_in_one_call(world, tmp_path):
+    world["disks"] = 2
+    world["vm"] = VM(AREAS, window=CAP, limit=100)
+    res = run_disks([{"key": 2001, "change_id": CID_BASE, "extent_file": str(tmp_path / "b.extents")},
+                     {"key": 2000, "change_id": CID_OTHER, "extent_file": str(tmp_path / "a.extents")}],
+                    max_results=1)
+    assert res["changed"] is False and world["connected"] == 1
+    assert [d["key"] for d in res["disks"]] == [2001, 2000]
+    first, second = res["disks"]
+    assert first["full_sync_required"] is False and first["count"] == len(AREAS)
+    assert first["extents"] == [{"offset": 0, "length": 65536}] and first["extents_truncated"] is True
+    assert first["disk"]["file"] == "[ds] vm1/vm1_1.vmdk" and first["snapshot_change_id"] == CID_SNAP
+    assert second["full_sync_required"] is True and "UUID part differs" in second["reason"]
+    assert res["full_sync_required"] is True
+    assert res["changed_bytes"] == sum(n for _s, n in AREAS) + CAP
+    assert {c[1] for c in world["vm"].calls} == {2001}  # the reset disk is not queried
+    assert read_extent_file(str(tmp_path / "b.extents"))[1] == AREAS
+    meta, extents = read_extent_file(str(tmp_path / "a.extents"))
+    assert extents == [(0, CAP)] and meta["full_sync_required"] == "true" and meta["disk_key"] == "2000"
+    assert "extents" not in res and "count" not in res
+
+
+def test_a_failing_disk_publishes_no_extent_file_of_any_disk(world, tmp_path):
+    world["disks"] = 2
+    world["vm"] = VM(AREAS, window=CAP, limit=100,
+                     fault=(2, vim.fault.NoPermission(privilegeId="VirtualMachine.Provisioning.DiskRandomRead")))
+    res = run_disks([{"key": 2000, "change_id": CID_BASE, "extent_file": str(tmp_path / "a.extents")},
+                     {"key": 2001, "change_id": CID_BASE, "extent_file": str(tmp_path / "b.extents")}])
+    assert res["failed"] and res["error_kind"] == "permission_denied"
+    assert [c[1] for c in world["vm"].calls] == [2000, 2001]  # the first disk's query had succeeded
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("disks,text", [
+    ([{"key": 2000, "change_id": "*"}, {"key": 2000, "change_id": CID_BASE}], "each key may appear once; repeated: 2000"),
+    ([{"key": 2000, "change_id": "*", "extent_file": "/tmp/x"}, {"key": 2001, "change_id": "*", "extent_file": "/tmp/x"}],
+     "each extent_file may appear once; repeated: /tmp/x"),
+    ([{"key": 2000, "change_id": "*"}, {"key": 2001, "change_id": "52 de/1"}], "disks[1].change_id (disk 2001)"),
+    ([], "disks must name at least one disk"),
+])
+def test_bad_disks_fail_before_connecting(world, disks, text):
+    res = run_disks(disks)
+    assert res["failed"] and res["error_kind"] == "invalid_argument" and text in res["msg"], res
+    assert world["connected"] == 0
+
+
+def test_an_unknown_disk_fails_before_any_query(world, tmp_path):
+    world["disks"] = 2
+    world["vm"] = VM(AREAS)
+    res = run_disks([{"key": 2000, "change_id": "*", "extent_file": str(tmp_path / "a.extents")},
+                     {"key": 2002, "change_id": "*"}])
+    assert res["failed"] and res["error_kind"] == "not_found" and "no disk with key 2002" in res["msg"]
+    assert world["vm"].calls == [] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra", [{"disk_key": 2000}, {"change_id": "*"}, {"extent_file": "/tmp/x"}])
+def test_disks_and_the_single_disk_options_are_mutually_exclusive(world, extra):
+    res = run_disks([{"key": 2000, "change_id": "*"}], **extra)
+    assert res["failed"] and "mutually exclusive" in res["msg"]
+    assert world["connected"] == 0
+
+
+def test_disk_key_needs_change_id(world):
+    res = run_module(mod, {"hostname": "127.0.0.1", "username": "u", "password": "p", "name": "vm1",
+                           "snapshot": "round-2", "disk_key": 2000})
+    assert res["failed"] and "change_id" in res["msg"] and world["connected"] == 0
