@@ -263,19 +263,20 @@ def _requests(m):
     for what, values in (("key", [r[0] for r in requests]), ("extent_file", [r[2] for r in requests if r[2]])):
         repeated = sorted(set(v for v in values if values.count(v) > 1), key=str)
         if repeated:
-            m.module.fail_json(msg="disks: each %s may appear once; repeated: %s"
-                               % (what, ", ".join(str(v) for v in repeated)), error_kind="invalid_argument")
+            m.module.fail_json(msg="disks: each %s may appear once; repeated: %s (list each disk once, with an "
+                               "extent file of its own)" % (what, ", ".join(str(v) for v in repeated)),
+                               error_kind="invalid_argument")
     return requests
 
 
 def _pick_disk(key, disks, live, text, snap_text):
     """The disk ``key`` at the snapshot; an error for a disk CBT cannot track or one that is not there."""
     disk = [d for d in disks if d["key"] == key]
-    ineligible = (disk or [d for d in live if d["key"] == key] or [None])[0]
-    if ineligible is not None and not ineligible["eligible"]:
+    found = (disk or [d for d in live if d["key"] == key] or [None])[0]
+    if found is not None and not found["eligible"]:
         raise CbtError("disk %d '%s' (%s) of VM %s cannot be tracked by CBT (%s); it is not captured by snapshot %s "
                        "either, so its changes cannot be queried: copy it another way"
-                       % (ineligible["key"], ineligible["label"], ineligible["file"], text, ineligible["reason"],
+                       % (found["key"], found["label"], found["file"], text, found["reason"],
                           snap_text), kind="unsupported")
     if not disk:
         raise CbtError("VM %s has no disk with key %d at snapshot %s; disks: %s"
