@@ -10,11 +10,14 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 ---
 module: vmware_cbt_changes
-short_description: Changed areas of a vSphere VM disk at a snapshot since a changeId (QueryChangedDiskAreas)
+short_description: Changed areas of vSphere VM disks at a snapshot since a changeId (QueryChangedDiskAreas)
 version_added: 0.1.0
 description:
   - Asks vSphere which areas of one disk changed between O(change_id) and O(snapshot). With O(change_id=*) it asks
     for all allocated areas (for the first, full copy).
+  - With O(disks) it asks for several disks of the VM in one call (one login, one look-up of the VM and the
+    snapshot) and returns RV(disks), one entry per disk. Every disk is checked before the first query, and the
+    extent files appear only once every query has succeeded.
   - Pages through C(QueryChangedDiskAreas) by vSphere's rules. Each call continues at C(startOffset + length)
     of the previous window until the disk capacity. An empty window is not the end of the disk (some
     tools stop there and silently miss changes).
@@ -54,20 +57,40 @@ options:
   disk_key:
     description:
       - Device key of the disk (C(disks[].key) of the other modules, for example V(2000)).
+      - Required with O(change_id), unless O(disks) is given.
     type: int
-    required: true
   change_id:
     description:
       - The changeId of the disk at the previous round's snapshot, or V(*) for all allocated areas.
       - A malformed value is an error; the expected format is C(<16 hex bytes>/<sequence>).
+      - Required with O(disk_key).
     type: str
-    required: true
   extent_file:
     description:
       - Write every extent to this file in the shared extent format. The metadata records capacity, source,
         change_id, snapshot_change_id, disk_key, and full_sync_required with its reason.
       - The file appears atomically when complete. A failed query leaves no file.
     type: path
+  disks:
+    description:
+      - Several disks of the VM in one call, instead of O(disk_key), O(change_id) and O(extent_file).
+      - Each key and each extent file may appear once. O(coalesce_gap) and O(max_results) apply to each disk.
+      - If any disk fails (unknown key, disk CBT cannot track, malformed changeId, a vSphere error), no extent
+        file is written. A disk that needs a full copy is not a failure (see RV(disks[].full_sync_required)).
+    type: list
+    elements: dict
+    suboptions:
+      key:
+        description: Device key of the disk.
+        type: int
+        required: true
+      change_id:
+        description: The disk's changeId at the previous round's snapshot, or V(*) for all allocated areas.
+        type: str
+        required: true
+      extent_file:
+        description: Write the disk's extents to this file (as O(extent_file)).
+        type: path
   coalesce_gap:
     description:
       - Merge extents separated by at most this many bytes. This gives fewer, larger reads at the cost of
@@ -113,6 +136,24 @@ EXAMPLES = r"""
   ansible.builtin.debug:
     msg: "Full copy needed: {{ r3.reason }}"
   when: r3.full_sync_required
+
+- name: Every disk of the VM in one call
+  cbt.toolkit.vmware_cbt_changes:
+    name: app01
+    snapshot: "{{ round3.snapshot.moid }}"
+    disks:
+      - key: 2000
+        change_id: "{{ round2.change_ids['2000'] }}"
+        extent_file: /var/lib/migration/app01-2000-r3.extents
+      - key: 2001
+        change_id: "{{ round2.change_ids['2001'] }}"
+        extent_file: /var/lib/migration/app01-2001-r3.extents
+    max_results: 0
+  register: r3_all
+
+- name: Disks that need a full copy
+  ansible.builtin.debug:
+    msg: "{{ r3_all.disks | selectattr('full_sync_required') | map(attribute='key') | list }}"
 """
 
 RETURN = r"""
@@ -187,7 +228,7 @@ disks:
     full_sync_required: {description: Whether only a full copy of this disk is safe., type: bool, returned: always}
     reason: {description: Why a full copy is required (null otherwise)., type: str, returned: always}
     fault: {description: The vSphere fault behind a full sync., type: str, returned: when a query fault caused it}
-    extents: {description: Extents of this disk, at most O(max_results)., type: list, elements: dict, returned: always}
+    extents: {description: "Extents of this disk, at most O(max_results).", type: list, elements: dict, returned: always}
     extents_truncated: {description: Whether C(extents) holds fewer extents than C(count)., type: bool, returned: always}
     count: {description: Number of extents., type: int, returned: always}
     changed_bytes: {description: Sum of the extents' lengths., type: int, returned: always}
