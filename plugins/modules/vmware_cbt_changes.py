@@ -238,6 +238,10 @@ disks:
     snapshot_change_id: {description: The disk's changeId at the snapshot., type: str, returned: always}
     disk: {description: The disk at the snapshot., type: dict, returned: always}
     extent_file: {description: Path of the extent file written (null without one)., type: str, returned: always}
+query_seconds:
+  description: Seconds the queries of all disks took (without the login and the look-ups).
+  returned: with O(disks)
+  type: float
 snapshot:
   description: The snapshot queried (name, moid, create_time).
   returned: success
@@ -249,176 +253,41 @@ vm:
 """
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
-from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import fault_name
-from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
-    CbtError,
-    ExtentCollector,
-    FullSyncRequired,
-    check_change_id_lineage,
-    find_snapshot,
-    iter_changed_areas,
-    read_snapshots,
-    snapshot_disks,
-    snapshot_public,
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import find_snapshot, read_snapshots, snapshot_disks, snapshot_public
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_changes import (
+    DISK_REQUEST_OPTIONS,
+    parse_requests,
+    query_changes,
+    summary,
 )
-from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import (
-    ChangeIdError,
-    describe_disks,
-    parse_change_id,
-)
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import read_vm, vm_facts, vm_label
-from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentFileWriter
 
 VM_KEYS = ("name", "moid", "instance_uuid", "path")
-DISK_KEYS = ("key", "label", "file", "capacity_bytes", "backing", "disk_mode", "eligible", "reason", "change_id")
-
-
-def _check_change_id(m, change_id, what):
-    if change_id != "*":
-        try:
-            parse_change_id(change_id)
-        except ChangeIdError as exc:
-            m.module.fail_json(msg="%s: %s" % (what, exc), error_kind="invalid_argument")
-
-
-def _requests(m):
-    """The disks to query as (key, change_id, extent_file), validated before anything is asked."""
-    p = m.params
-    if p["coalesce_gap"] < 0:
-        m.module.fail_json(msg="coalesce_gap must not be negative, got %d" % p["coalesce_gap"],
-                           error_kind="invalid_argument")
-    if p["max_results"] < 0:
-        m.module.fail_json(msg="max_results must not be negative, got %d" % p["max_results"],
-                           error_kind="invalid_argument")
-    if p["disks"] is None:
-        change_id = (p["change_id"] or "").strip()
-        _check_change_id(m, change_id, "change_id")
-        return [(p["disk_key"], change_id, p["extent_file"])]
-    if not p["disks"]:
-        m.module.fail_json(msg="disks must name at least one disk", error_kind="invalid_argument")
-    requests = []
-    for i, entry in enumerate(p["disks"]):
-        change_id = (entry["change_id"] or "").strip()
-        _check_change_id(m, change_id, "disks[%d].change_id (disk %d)" % (i, entry["key"]))
-        requests.append((entry["key"], change_id, entry["extent_file"]))
-    for what, values in (("key", [r[0] for r in requests]), ("extent_file", [r[2] for r in requests if r[2]])):
-        repeated = sorted(set(v for v in values if values.count(v) > 1), key=str)
-        if repeated:
-            m.module.fail_json(msg="disks: each %s may appear once; repeated: %s (list each disk once, with an "
-                               "extent file of its own)" % (what, ", ".join(str(v) for v in repeated)),
-                               error_kind="invalid_argument")
-    return requests
-
-
-def _pick_disk(key, disks, live, text, snap_text):
-    """The disk ``key`` at the snapshot; an error for a disk CBT cannot track or one that is not there."""
-    disk = [d for d in disks if d["key"] == key]
-    found = (disk or [d for d in live if d["key"] == key] or [None])[0]
-    if found is not None and not found["eligible"]:
-        raise CbtError("disk %d '%s' (%s) of VM %s cannot be tracked by CBT (%s); it is not captured by snapshot %s "
-                       "either, so its changes cannot be queried: copy it another way"
-                       % (found["key"], found["label"], found["file"], text, found["reason"],
-                          snap_text), kind="unsupported")
-    if not disk:
-        raise CbtError("VM %s has no disk with key %d at snapshot %s; disks: %s"
-                       % (text, key, snap_text,
-                          ", ".join("%d (%s, %s)" % (d["key"], d["label"], d["file"]) for d in disks) or "none"),
-                       kind="not_found")
-    return disk[0]
-
-
-def _query(m, ctx, disk, change_id, extent_file):
-    """Changed areas of one disk; returns its result and the extent file writer (not yet closed:
-    the caller publishes every disk's file once all queries succeeded)."""
-    p = m.params
-    client, vm, facts, snap, text, snap_text = ctx
-    capacity = disk["capacity_bytes"]
-    result = dict(key=disk["key"], disk=dict((k, disk.get(k)) for k in DISK_KEYS), capacity=capacity,
-                  change_id=change_id, snapshot_change_id=disk["change_id"], full_sync_required=False, reason=None,
-                  pages=0, extent_file=None)
-    metadata = {
-        "capacity": capacity,
-        "source": "vmware://%s/%s/disk-%d@%s" % (client.hostname, facts["instance_uuid"] or facts["moid"],
-                                                 disk["key"], snap["moid"]),
-        "change_id": change_id,
-        "snapshot_change_id": disk["change_id"],
-        "disk_key": disk["key"],
-        "vm": facts["name"],
-        "vm_instance_uuid": facts["instance_uuid"],
-        "snapshot": snap["moid"],
-    }
-    writer = None
-    try:
-        if extent_file:
-            writer = ExtentFileWriter(extent_file, metadata=dict(metadata, full_sync_required="false"))
-        collector = ExtentCollector(capacity, gap=p["coalesce_gap"], max_results=p["max_results"],
-                                    sink=writer.add if writer else None)
-        check_change_id_lineage(change_id, disk, snap_text)
-        what = "querying the changed areas of disk %d of VM %s at snapshot %s" % (disk["key"], text, snap_text)
-        for _start, _length, areas in iter_changed_areas(client, vm, snap["ref"], disk["key"], capacity, change_id,
-                                                         what):
-            result["pages"] += 1
-            for area_start, area_length in areas:
-                collector.add(area_start, area_length)
-        collector.finish()
-    except FullSyncRequired as full:
-        if writer is not None:
-            writer.abort()
-            writer = ExtentFileWriter(extent_file, metadata=dict(metadata, full_sync_required="true",
-                                                                 reason=full.reason))
-        collector = ExtentCollector(capacity, max_results=p["max_results"], sink=writer.add if writer else None)
-        collector.add(0, capacity)
-        collector.finish()
-        result.update(full_sync_required=True, reason=full.reason)
-        if full.fault is not None:
-            result["fault"] = fault_name(full.fault)
-        m.warn("full copy required for disk %d of VM %s: %s" % (disk["key"], text, full.reason))
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    result.update(extents=collector.kept, count=collector.count, changed_bytes=collector.bytes,
-                  extents_truncated=collector.count > len(collector.kept))
-    return result, writer
 
 
 def run(m):
-    requests = _requests(m)
+    p = m.params
+    entries = p["disks"] if p["disks"] is not None else [(p["disk_key"], p["change_id"], p["extent_file"], "change_id")]
+    requests = parse_requests(entries, p["coalesce_gap"], p["max_results"])
     m.connect()
     client = m.client
     vm = m.find_vm()
     record = read_vm(client, vm)
     text = vm_label(record)
     facts = vm_facts(record, include_disks=False)
-    snapshots = read_snapshots(client, vm, facts["name"])
-    snap = find_snapshot(snapshots, m.params["snapshot"], text)
-    snap_text = "'%s' (%s)" % (snap["name"], snap["moid"])
-    disks = snapshot_disks(client, snap["ref"], "reading the disks of snapshot %s of VM %s" % (snap_text, text))
-    live = describe_disks(record["props"].get("config.hardware.device") or [])
-    picked = [_pick_disk(key, disks, live, text, snap_text) for key, _cid, _file in requests]
-    ctx = (client, vm, facts, snap, text, snap_text)
-    results, writers = [], []
-    try:
-        for disk, (_key, change_id, extent_file) in zip(picked, requests):
-            result, writer = _query(m, ctx, disk, change_id, extent_file)
-            results.append(result)
-            writers.append(writer)
-    except BaseException:
-        for writer in writers:
-            if writer is not None:
-                writer.abort()
-        raise
-    # every query succeeded: the extent files appear now, all of them
-    for result, writer in zip(results, writers):
-        if writer is not None:
-            result["extent_file"] = writer.close()["path"]
+    snap = find_snapshot(read_snapshots(client, vm, facts["name"]), p["snapshot"], text)
+    snap_disks = snapshot_disks(client, snap["ref"], "reading the disks of snapshot '%s' (%s) of VM %s"
+                                % (snap["name"], snap["moid"], text))
+    live_disks = describe_disks(record["props"].get("config.hardware.device") or [])
+    results, seconds = query_changes(client, vm, text, facts, snap, snap_disks, live_disks, requests,
+                                     p["coalesce_gap"], p["max_results"], m.warn)
     common = dict(changed=False, vm=dict((k, facts.get(k)) for k in VM_KEYS), snapshot=snapshot_public(snap))
-    if m.params["disks"] is None:
+    if p["disks"] is None:
         result = results[0]
         del result["key"]
         m.exit(**dict(common, **result))
-    m.exit(**dict(common, disks=results, full_sync_required=any(r["full_sync_required"] for r in results),
-                  changed_bytes=sum(r["changed_bytes"] for r in results)))
+    m.exit(**dict(common, **summary(results, seconds)))
 
 
 def main():
@@ -428,11 +297,7 @@ def main():
             disk_key=dict(type="int", no_log=False),
             change_id=dict(type="str"),
             extent_file=dict(type="path"),
-            disks=dict(type="list", elements="dict", options=dict(
-                key=dict(type="int", required=True, no_log=False),
-                change_id=dict(type="str", required=True),
-                extent_file=dict(type="path"),
-            )),
+            disks=dict(type="list", elements="dict", options=DISK_REQUEST_OPTIONS),
             coalesce_gap=dict(type="int", default=0),
             max_results=dict(type="int", default=1000),
         ),

@@ -17,6 +17,12 @@ description:
     C(changeId), capacity and backing file B(at that snapshot). These are the values that the next round's
     changed-area query (M(cbt.toolkit.vmware_cbt_changes)) starts from. An existing snapshot of that name is
     reported unchanged, which makes the module idempotent.
+  - With O(changes), V(present) also asks vSphere which areas of the listed disks changed since their change
+    IDs, at this snapshot, in the same call, as M(cbt.toolkit.vmware_cbt_changes) does with its
+    O(cbt.toolkit.vmware_cbt_changes#module:disks) option. A round then needs one task for the snapshot and its
+    changed areas. The listed disks are checked against the
+    VM before a snapshot is created. If the query fails, a snapshot this task created is removed again and the
+    task fails; no extent file is written.
   - V(absent) removes the snapshot with consolidation. It waits for the removal task and, when vCenter still
     flags the VM for consolidation, for a disk consolidation too, so that the next snapshot never overlaps a
     running consolidation (the Forklift MTV-1656 data corruption).
@@ -68,6 +74,41 @@ options:
       - Seconds to wait for the snapshot task and the consolidation.
     type: int
     default: 3600
+  changes:
+    description:
+      - With O(state=present), the changed areas of these disks at the snapshot (see RV(changes)).
+      - In check mode they are queried only when the snapshot already exists.
+    type: dict
+    suboptions:
+      disks:
+        description:
+          - The disks, each with the change ID of the previous round (or V(*) for all allocated areas). Each key
+            and each extent file may appear once.
+        type: list
+        elements: dict
+        required: true
+        suboptions:
+          key:
+            description: Device key of the disk.
+            type: int
+            required: true
+          change_id:
+            description: The disk's changeId at the previous round's snapshot, or V(*) for all allocated areas.
+            type: str
+            required: true
+          extent_file:
+            description:
+              - Write the disk's extents to this file in the collection's extent format (see
+                M(cbt.toolkit.vmware_cbt_changes)).
+            type: path
+      coalesce_gap:
+        description: Merge extents separated by at most this many bytes.
+        type: int
+        default: 0
+      max_results:
+        description: Return at most this many extents per disk (the extent files hold all of them).
+        type: int
+        default: 1000
 notes:
   - Needs C(VirtualMachine.State.CreateSnapshot) and C(VirtualMachine.State.RemoveSnapshot).
   - Run M(cbt.toolkit.vmware_cbt) first; a disk whose C(changeId) is empty at the snapshot cannot be queried for
@@ -91,6 +132,21 @@ EXAMPLES = r"""
     disk_key: 2000
     change_id: "{{ previous_change_ids['2000'] }}"
     extent_file: /var/lib/migration/app01-2000-round3.extents
+
+- name: Snapshot of round 4 and the changed areas of both disks since round 3, in one task
+  cbt.toolkit.vmware_migration_snapshot:
+    name: app01
+    snapshot_name: migration-round-4
+    changes:
+      disks:
+        - key: 2000
+          change_id: "{{ snap.change_ids['2000'] }}"
+          extent_file: /var/lib/migration/app01-2000-round4.extents
+        - key: 2001
+          change_id: "{{ snap.change_ids['2001'] }}"
+          extent_file: /var/lib/migration/app01-2001-round4.extents
+      max_results: 0
+  register: snap4
 
 - name: Remove the round 2 snapshot and wait for consolidation
   cbt.toolkit.vmware_migration_snapshot:
@@ -141,6 +197,30 @@ consolidated:
   description: With O(state=absent), whether an extra disk consolidation ran after the removal.
   returned: when O(state=absent) and a snapshot was removed
   type: bool
+changes:
+  description:
+    - The changed areas asked for with O(changes), as M(cbt.toolkit.vmware_cbt_changes) returns them with its
+      O(cbt.toolkit.vmware_cbt_changes#module:disks) option. Null in check mode for a snapshot not yet created.
+  returned: when O(changes) is given
+  type: dict
+  contains:
+    disks:
+      description: One entry per disk of O(changes.disks), in order (see RV(cbt.toolkit.vmware_cbt_changes#module:disks)).
+      type: list
+      elements: dict
+      returned: always
+    full_sync_required:
+      description: Whether any of the disks needs a full copy.
+      type: bool
+      returned: always
+    changed_bytes:
+      description: Sum of the disks' changed bytes.
+      type: int
+      returned: always
+    query_seconds:
+      description: Seconds the changed-area queries took (part of the task's time, after the snapshot).
+      type: float
+      returned: always
 """
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
@@ -151,9 +231,18 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
     consolidate_if_needed,
     create_snapshot,
     read_snapshots,
+    remove_snapshot,
     snapshot_disks,
     snapshot_public,
 )
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_changes import (
+    DISK_REQUEST_OPTIONS,
+    parse_requests,
+    pick_disk,
+    query_changes,
+    summary,
+)
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import read_vm, vm_facts, vm_label
 
 VM_KEYS = ("name", "moid", "instance_uuid", "bios_uuid", "power_state", "hw_version", "path")
@@ -183,18 +272,30 @@ def run(m):
     if p["task_timeout"] <= 0:
         m.module.fail_json(msg="task_timeout must be a positive number of seconds, got %d" % p["task_timeout"],
                            error_kind="invalid_argument")
+    wanted = p["changes"]
+    if wanted is not None and p["state"] != "present":
+        m.module.fail_json(msg="changes is only for state=present (the changed areas at a new or existing snapshot); "
+                               "remove it or use state=present", error_kind="invalid_argument")
+    requests = (parse_requests(wanted["disks"], wanted["coalesce_gap"], wanted["max_results"], what="changes.disks")
+                if wanted is not None else [])
     m.connect()
     client = m.client
     vm = m.find_vm()
     record = read_vm(client, vm)
     text = vm_label(record)
     facts = vm_facts(record)
+    live_disks = describe_disks(record["props"].get("config.hardware.device") or [])
+    for request in requests:  # before a snapshot is taken
+        pick_disk(request.key, live_disks, live_disks, text, "in its current configuration")
     snapshots = read_snapshots(client, vm, facts["name"])
     existing = _lookup(snapshots, name, text, allow_moid=p["state"] == "absent")
     before_name = existing["name"] if existing else None
     result = dict(changed=False, vm=dict((k, facts.get(k)) for k in VM_KEYS), cbt_enabled=facts["cbt_enabled"],
                   snapshot=snapshot_public(existing) if existing else None)
+    if requests:
+        result["changes"] = None
     if p["state"] == "present":
+        created_now = False
         if existing is None:
             result["changed"] = True
             if m.check_mode:
@@ -205,7 +306,8 @@ def run(m):
                 snapshots = read_snapshots(client, vm, facts["name"])
                 created = [s for s in snapshots if s["moid"] == getattr(ref, "_moId", None)]
                 result["snapshot"] = snapshot_public(created[0]) if created else {"name": name, "moid": ref._moId}
-                existing = created[0] if created else {"ref": ref, "name": name}
+                existing = created[0] if created else {"ref": ref, "name": name, "moid": ref._moId}
+                created_now = True
         if existing is not None:
             disks = snapshot_disks(client, existing["ref"], "reading the disks of snapshot '%s' of VM %s" % (name, text))
             result["disks"] = [dict((k, d.get(k)) for k in DISK_KEYS) for d in disks]
@@ -215,6 +317,8 @@ def run(m):
                 m.warn("disk(s) %s of VM %s have no changeId at snapshot '%s': CBT is off or not initialised there, so "
                        "changed-area queries against this snapshot need a full copy. Run cbt.toolkit.vmware_cbt first"
                        % (", ".join(missing), text, name))
+            if requests:
+                result["changes"] = _changes(m, vm, text, facts, existing, disks, live_disks, requests, created_now)
         diff_after = {"snapshot": name}
     else:
         if existing is not None:
@@ -236,6 +340,25 @@ def run(m):
     m.exit(**result)
 
 
+def _changes(m, vm, text, facts, snap, disks, live_disks, requests, created_now):
+    """The changed areas at ``snap``; if that fails, a snapshot this task created is removed again."""
+    wanted = m.params["changes"]
+    try:
+        return summary(*query_changes(m.client, vm, text, facts, snap, disks, live_disks, requests,
+                                      wanted["coalesce_gap"], wanted["max_results"], m.warn))
+    except Exception as exc:  # pylint: disable=broad-except
+        if not isinstance(exc, VmwareError):
+            exc = CbtError("asking for the changed areas at snapshot '%s' of VM %s failed: %s: %s"
+                           % (snap["name"], text, type(exc).__name__, exc), kind="query_failed")
+        if created_now:
+            error = remove_snapshot(m.client, vm, snap["ref"], snap["name"], m.params["task_timeout"], text)
+            exc.msg = "%s; %s" % (exc.msg, "the snapshot this task created was removed again" if error is None else
+                                  "removing the snapshot this task created failed too (%s): remove snapshot '%s' (%s) "
+                                  "by hand" % (error.msg, snap["name"], snap["moid"]))
+            exc.args = (exc.msg,)
+        raise exc
+
+
 def main():
     m = VmwareModule(
         argument_spec=dict(
@@ -245,6 +368,11 @@ def main():
             quiesce=dict(type="bool", default=False),
             memory=dict(type="bool", default=False),
             task_timeout=dict(type="int", default=3600),
+            changes=dict(type="dict", options=dict(
+                disks=dict(type="list", elements="dict", required=True, options=DISK_REQUEST_OPTIONS),
+                coalesce_gap=dict(type="int", default=0),
+                max_results=dict(type="int", default=1000),
+            )),
         ),
         supports_check_mode=True,
     )

@@ -233,7 +233,7 @@ def test_changed_areas_equal_the_workload_writes_across_rounds_and_page_sizes(ru
         assert previous_cid == changes["snapshot_change_id"]
 
 
-def test_several_disks_in_one_call_equal_each_disk_s_writes(run_tasks_env, sim, tmp_path):
+def test_changed_areas_of_several_disks_at_the_snapshot_or_on_their_own(run_tasks_env, sim, tmp_path):
     block = sim.config()["block_size"]
     sim.config(page_limit=3, page_window=2 * MiB)
     sizes = {2000: 16 * MiB, 2001: 24 * MiB}
@@ -250,24 +250,44 @@ def test_several_disks_in_one_call_equal_each_disk_s_writes(run_tasks_env, sim, 
             sim.write(moid, key, rng.randrange(0, size - 200000) // 512 * 512, rng.choice([512, block, 200000]),
                       seed=rng.randrange(1 << 30))
     files = {key: tmp_path / ("disk-%d.extents" % key) for key in sizes}
+    again = {key: tmp_path / ("again-%d.extents" % key) for key in sizes}
+    # the snapshot and the changed areas of both disks in one task; then the same query on its own
     (snap1, changes), run = run_tasks_env([
-        ("vmware_migration_snapshot", {"name": "twodisks", "snapshot_name": "r1"}),
-        ("vmware_cbt_changes", {"name": "twodisks", "snapshot": "r1", "max_results": 0, "disks": [
+        ("vmware_migration_snapshot", {"name": "twodisks", "snapshot_name": "r1", "changes": {"max_results": 0, "disks": [
             {"key": 2001, "change_id": snap0["change_ids"]["2001"], "extent_file": str(files[2001])},
-            {"key": 2000, "change_id": snap0["change_ids"]["2000"], "extent_file": str(files[2000])}]}),
+            {"key": 2000, "change_id": snap0["change_ids"]["2000"], "extent_file": str(files[2000])}]}}),
+        ("vmware_cbt_changes", {"name": "twodisks", "snapshot": "r1", "max_results": 0, "disks": [
+            {"key": 2001, "change_id": snap0["change_ids"]["2001"], "extent_file": str(again[2001])},
+            {"key": 2000, "change_id": snap0["change_ids"]["2000"], "extent_file": str(again[2000])}]}),
     ])
-    assert changes.get("failed") is not True and changes["full_sync_required"] is False, run
-    assert [d["key"] for d in changes["disks"]] == [2001, 2000]
+    assert snap1["changed"] is True and changes.get("failed") is not True, run
+    for result in (snap1["changes"], changes):
+        assert result["full_sync_required"] is False and [d["key"] for d in result["disks"]] == [2001, 2000]
     total = 0
-    for result in changes["disks"]:
+    for result in snap1["changes"]["disks"]:
         key = result["key"]
         expected = blocks_of(sim.writes(moid, key, since=since[key]), block)
         meta, extents = read_extent_file(str(files[key]))
-        assert extents == expected, key
+        assert extents == expected == read_extent_file(str(again[key]))[1], key
         assert meta["disk_key"] == str(key) and meta["capacity"] == sizes[key]
         assert result["snapshot_change_id"] == snap1["change_ids"][str(key)] and result["pages"] >= sizes[key] // (2 * MiB)
         total += result["changed_bytes"]
-    assert changes["changed_bytes"] == total > 0
+    assert snap1["changes"]["changed_bytes"] == changes["changed_bytes"] == total > 0
+    assert 0 < snap1["changes"]["query_seconds"] < 60
+
+    # the query fails after the snapshot was taken: the snapshot goes again, no extent file is written
+    sim.inject_fault("QueryChangedDiskAreas", "no_permission", privilege="VirtualMachine.Provisioning.DiskRandomRead",
+                     vm=moid, count=1)
+    denied = tmp_path / "denied"
+    denied.mkdir()
+    (failed_snap,), run = run_tasks_env([
+        ("vmware_migration_snapshot", {"name": "twodisks", "snapshot_name": "r2", "changes": {"disks": [
+            {"key": 2000, "change_id": snap1["change_ids"]["2000"], "extent_file": str(denied / "a.extents")},
+            {"key": 2001, "change_id": snap1["change_ids"]["2001"], "extent_file": str(denied / "b.extents")}]}}),
+    ])
+    assert failed_snap.get("failed") is True and failed_snap["error_kind"] == "permission_denied", run
+    assert "the snapshot this task created was removed again" in failed_snap["msg"]
+    assert snapshots(sim, "twodisks") == ["r0", "r1"] and list(denied.iterdir()) == []
 
     # a bad disk among good ones: nothing is written for any of them
     bad = tmp_path / "bad"

@@ -140,3 +140,81 @@ def test_remove_failure_is_reported(world):
                                          fault=vim.fault.TaskInProgress(msg="locked"))
     res = run({"snapshot_name": "round-1", "state": "absent"})
     assert res["failed"] and res["error_kind"] == "snapshot_remove_failed" and "locked" in res["msg"]
+
+
+@pytest.fixture
+def live_disk(monkeypatch):
+    """The VM's current configuration has disk 2000 (the changes pre-check looks there)."""
+    devices = [vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0),
+               vim.vm.device.VirtualDisk(key=2000, controllerKey=1000, unitNumber=0, capacityInBytes=1 << 30,
+                                         backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                                             fileName="[ds] vm1/vm1.vmdk", diskMode="persistent"))]
+    monkeypatch.setattr(mod, "read_vm", lambda client, vm: {
+        "ref": vm, "moid": "vm-1", "path": "/DC0/vm/vm1", "missing": [],
+        "props": {"name": "vm1", "config.changeTrackingEnabled": True, "config.hardware.device": devices}})
+
+
+def test_changes_are_asked_at_the_snapshot_in_the_same_task(world, live_disk, monkeypatch):
+    seen = []
+
+    def query(client, vm, text, facts, snap, disks, live, requests, gap, max_results, warn):
+        seen.append((snap["moid"], [d["key"] for d in disks], [(r.key, r.change_id) for r in requests], gap,
+                     max_results))
+        return [{"key": 2000, "full_sync_required": False, "changed_bytes": 4096, "extents": []}], 0.25
+
+    monkeypatch.setattr(mod, "query_changes", query)
+    changes = {"disks": [{"key": 2000, "change_id": CID % 1}], "max_results": 0}
+    res = run({"snapshot_name": "round-2", "changes": changes})
+    assert res["changed"] is True and seen == [("snapshot-1", [2000], [(2000, CID % 1)], 0, 0)]
+    assert res["changes"] == {"disks": [{"key": 2000, "full_sync_required": False, "changed_bytes": 4096,
+                                         "extents": []}], "full_sync_required": False, "changed_bytes": 4096,
+                              "query_seconds": 0.25}
+
+
+def test_changes_in_check_mode_for_a_new_snapshot_are_null(world, live_disk):
+    res = run({"snapshot_name": "round-2", "changes": {"disks": [{"key": 2000, "change_id": "*"}]}}, check=True)
+    assert res["changed"] is True and res["changes"] is None and world.calls == []
+
+
+@pytest.mark.parametrize("args,kind,text", [
+    ({"state": "absent", "changes": {"disks": [{"key": 2000, "change_id": "*"}]}}, "invalid_argument",
+     "changes is only for state=present"),
+    ({"changes": {"disks": [{"key": 2000, "change_id": "52 de/1"}]}}, "invalid_argument",
+     "changes.disks[0].change_id (disk 2000)"),
+    ({"changes": {"disks": [{"key": 2000, "change_id": "*", "extent_file": "/nonexistent-folder/x.extents"}]}},
+     "invalid_argument", "folder /nonexistent-folder does not exist"),
+    ({"changes": {"disks": [{"key": 2001, "change_id": "*"}]}}, "not_found",
+     "no disk with key 2001 in its current configuration"),
+])
+def test_bad_changes_fail_before_a_snapshot_is_taken(world, live_disk, args, kind, text):
+    res = run(dict({"snapshot_name": "round-2"}, **args))
+    assert res["failed"] and res["error_kind"] == kind and text in res["msg"], res
+    assert world.calls == [] and world.snapshots == []
+
+
+@pytest.mark.parametrize("error", [
+    lambda: mod.CbtError("querying the changed areas of disk 2000 failed: denied", kind="permission_denied"),
+    lambda: OSError(28, "No space left on device"),
+])
+def test_a_failed_query_removes_the_snapshot_this_task_created(world, live_disk, monkeypatch, error):
+    removed = []
+
+    def query(*_args):
+        raise error()
+
+    def remove(client, vm, ref, name, timeout, text, attempts=3):
+        removed.append(ref._moId)
+        world.snapshots = [s for s in world.snapshots if s["moid"] != ref._moId]
+
+    monkeypatch.setattr(mod, "query_changes", query)
+    monkeypatch.setattr(mod, "remove_snapshot", remove)
+    res = run({"snapshot_name": "round-2", "changes": {"disks": [{"key": 2000, "change_id": "*"}]}})
+    assert res["failed"] and "the snapshot this task created was removed again" in res["msg"], res
+    assert removed == ["snapshot-1"] and world.snapshots == []
+    assert "Traceback" not in res["msg"]
+    # a snapshot that was there before the task stays
+    world.add("round-2")
+    res = run({"snapshot_name": "round-2", "changes": {"disks": [{"key": 2000, "change_id": "*"}]}})
+    assert res["failed"] and "removed again" not in res["msg"] and removed == ["snapshot-1"]
+    assert res["error_kind"] in ("permission_denied", "query_failed") and "Traceback" not in res["msg"]
+    assert [s["name"] for s in world.snapshots] == ["round-2"]
