@@ -46,6 +46,7 @@ import datetime
 import json
 import os
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -203,6 +204,8 @@ def main():
     parser.add_argument("--source-mbps", type=float, default=0,
                         help="serve the snapshot disks at this many MB/s per disk (nbdkit's rate filter), like nbdkit's "
                              "VDDK plugin against a real vCenter (published: 140-160 MB/s per disk); 0: unlimited")
+    parser.add_argument("--keep-targets", action="store_true",
+                        help="keep each repetition's target images (removed by default, reports and logs stay)")
     parser.add_argument("--write-plan", help=argparse.SUPPRESS)  # the after-round hook's own use
     args = parser.parse_args()
     if args.write_plan:
@@ -243,6 +246,8 @@ def main():
                 written["seconds"]))
             full = parts(full_round, full_tasks)
             inc = parts(inc_round, inc_tasks)
+            if not args.keep_targets:  # the role verified them; a 16 GiB run leaves 10 GB otherwise
+                shutil.rmtree(out / "targets", ignore_errors=True)
             results.append((full, inc))
             tasks.append((full_tasks, inc_tasks))
             for label, p in (("full", full), ("incremental", inc)):
