@@ -62,7 +62,7 @@ class CbtError(VmwareError):
         self.kind = kind
 
 
-def _append_message(exc, extra):
+def append_message(exc, extra):
     exc.msg = "%s; %s" % (exc.msg, extra)
     exc.args = (exc.msg,)
 
@@ -326,7 +326,7 @@ class CbtManager(object):
         except BaseException as exc:
             problem = self._remove_temp(snap, name, record)
             if problem is not None and isinstance(exc, VmwareError):
-                _append_message(exc, "in addition the temporary snapshot could not be removed: %s" % problem.msg)
+                append_message(exc, "in addition the temporary snapshot could not be removed: %s" % problem.msg)
             raise
         problem = self._remove_temp(snap, name, record)
         if problem is not None:

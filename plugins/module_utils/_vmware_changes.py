@@ -57,9 +57,9 @@ def _invalid(msg):
 
 
 def parse_requests(entries, coalesce_gap, max_results, what="disks"):
-    """``entries``: dicts with key, change_id, extent_file (``disks`` option), or one tuple
-    ``(key, change_id, extent_file, name_of_the_change_id_option)`` for a single disk.
-    Returns ChangeRequest objects; raises CbtError(kind=invalid_argument) on bad input."""
+    """``entries``: dicts with key, change_id, extent_file; ``what``: the option that lists them
+    (None for the single-disk options). Returns ChangeRequest objects; raises
+    CbtError(kind=invalid_argument) on bad input."""
     if coalesce_gap < 0:
         raise _invalid("coalesce_gap must not be negative, got %d" % coalesce_gap)
     if max_results < 0:
@@ -68,11 +68,8 @@ def parse_requests(entries, coalesce_gap, max_results, what="disks"):
         raise _invalid("%s must name at least one disk" % what)
     requests = []
     for i, entry in enumerate(entries):
-        if isinstance(entry, tuple):
-            key, change_id, extent_file, label = entry
-        else:
-            key, change_id, extent_file = entry["key"], entry["change_id"], entry.get("extent_file")
-            label = "%s[%d].change_id (disk %d)" % (what, i, key)
+        key, change_id, extent_file = entry["key"], entry["change_id"], entry.get("extent_file")
+        label = "change_id" if what is None else "%s[%d].change_id (disk %d)" % (what, i, key)
         change_id = (change_id or "").strip()
         if change_id != "*":
             try:

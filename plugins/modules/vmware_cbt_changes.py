@@ -268,8 +268,11 @@ VM_KEYS = ("name", "moid", "instance_uuid", "path")
 
 def run(m):
     p = m.params
-    entries = p["disks"] if p["disks"] is not None else [(p["disk_key"], p["change_id"], p["extent_file"], "change_id")]
-    requests = parse_requests(entries, p["coalesce_gap"], p["max_results"])
+    if p["disks"] is not None:
+        requests = parse_requests(p["disks"], p["coalesce_gap"], p["max_results"])
+    else:
+        requests = parse_requests([{"key": p["disk_key"], "change_id": p["change_id"], "extent_file": p["extent_file"]}],
+                                  p["coalesce_gap"], p["max_results"], what=None)
     m.connect()
     client = m.client
     vm = m.find_vm()

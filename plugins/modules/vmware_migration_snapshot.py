@@ -228,6 +228,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
     CbtError,
     PRIV_REMOVE_SNAPSHOT,
+    append_message,
     consolidate_if_needed,
     create_snapshot,
     read_snapshots,
@@ -352,10 +353,9 @@ def _changes(m, vm, text, facts, snap, disks, live_disks, requests, created_now)
                            % (snap["name"], text, type(exc).__name__, exc), kind="query_failed")
         if created_now:
             error = remove_snapshot(m.client, vm, snap["ref"], snap["name"], m.params["task_timeout"], text)
-            exc.msg = "%s; %s" % (exc.msg, "the snapshot this task created was removed again" if error is None else
-                                  "removing the snapshot this task created failed too (%s): remove snapshot '%s' (%s) "
-                                  "by hand" % (error.msg, snap["name"], snap["moid"]))
-            exc.args = (exc.msg,)
+            append_message(exc, "the snapshot this task created was removed again" if error is None else
+                           "removing the snapshot this task created failed too (%s): remove snapshot '%s' (%s) by hand"
+                           % (error.msg, snap["name"], snap["moid"]))
         raise exc
 
 
