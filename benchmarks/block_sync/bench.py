@@ -170,6 +170,9 @@ class Bench:
         tgt = self.p("tgt.img")
         subprocess.run(["cp", "--sparse=always", base, tgt], check=True)
         fsync_path(tgt)
+        # let the file system finish what the copy left (journal commit, discards of the freed blocks)
+        # before the next case starts its clock
+        os.sync()
         return tgt
 
     def prepare_cache(self, cache, *paths):

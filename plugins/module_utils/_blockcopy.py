@@ -398,10 +398,10 @@ class Engine(object):
             dst.write(off + a, view[a:b])
             st.written += b - a
 
-    def _write_detect(self, dst, off, data, st):
+    def _write_detect(self, dst, off, data, st, all_zero=None):
         n = len(data)
         zero = self.zero
-        if zero.startswith(data):
+        if all_zero if all_zero is not None else zero.startswith(data):
             self._emit(dst, off, data, 0, n, True, st)
             return
         if n <= GRANULE:
@@ -442,13 +442,26 @@ class Engine(object):
                 break
             pos = end
 
-    def _digest(self, data):
-        return self.hasher.zero_piece(len(data)) if self.zero.startswith(data) else self.hasher.piece(data)
+    def _digest(self, data, all_zero=None):
+        if all_zero is None:
+            all_zero = self.zero.startswith(data)
+        return self.hasher.zero_piece(len(data)) if all_zero else self.hasher.piece(data)
 
-    def _store_digest(self, digests, have, idx, slot, data):
+    def _store_digest(self, digests, have, idx, slot, data=None, digest=None):
         size = self.hasher.size
-        digests[idx][slot * size:(slot + 1) * size] = self._digest(data)
+        digests[idx][slot * size:(slot + 1) * size] = digest if digest is not None else self._digest(data)
         have[idx][slot] = 1
+
+    def _target_digest(self, dst, off, length, buf, source_zero):
+        """Digest of a target piece, read back. Where the source piece is all zeros and the target
+        reports a hole for the whole piece (SEEK_DATA, NBD block status), the hole is what is checked:
+        it reads as zeros by definition, and reading a just-punched hole back costs more than the
+        copy of a data piece."""
+        if source_zero:
+            alloc = dst.allocation(off, length)
+            if alloc is not None and not any(is_data for _o, _n, is_data in alloc):
+                return self.hasher.zero_piece(length)
+        return self._digest(dst.read(off, length, buf))
 
     def _zero_target_ranges(self, dst, off, length):
         """Parts of a source hole that must be zeroed on the target (skips target holes)."""
@@ -481,8 +494,10 @@ class Engine(object):
                     before = st.written
                     data = src.read(off, length, buf)
                     st.read += length
+                    source_zero = self.zero.startswith(data)
                     if self.hash_pieces and full:
-                        self._store_digest(self.src_digests, self.src_have, idx, slot, data)
+                        self._store_digest(self.src_digests, self.src_have, idx, slot,
+                                           digest=self._digest(data, source_zero))
                     if self.mode == "compare":
                         tview = memoryview(dst.read(off, length, tbuf))
                         st.read += length
@@ -492,11 +507,12 @@ class Engine(object):
                         else:
                             self._write_differences(dst, off, sbuf, memoryview(data), tview, st)
                     else:
-                        self._write_detect(dst, off, data, st)
+                        self._write_detect(dst, off, data, st, source_zero)
                     if self.hash_pieces and full:
                         # read back at once, while the piece is hot in the caches: the verification pass
                         # after the copy only reads what was not checked here (resumed or partial pieces)
-                        self._store_digest(self.dst_digests, self.dst_have, idx, slot, dst.read(off, length, tbuf))
+                        self._store_digest(self.dst_digests, self.dst_have, idx, slot,
+                                           digest=self._target_digest(dst, off, length, tbuf, source_zero))
                     if behind is not None and st.written > before:
                         behind.written(off, length)
                 st.done += length
@@ -554,8 +570,9 @@ class Engine(object):
             raise self.error
 
     # -- commits ---------------------------------------------------------------------------------
-    def _commit(self, force=False, complete=False):
-        """Flush the target, then record what was finished before the flush started."""
+    def _commit(self, force=False, complete=False, save=True):
+        """Flush the target, then record what was finished before the flush started (``save=False``:
+        in memory only, for the caller's next save)."""
         with self._lock:
             if not self._completed and not complete:
                 return
@@ -569,7 +586,8 @@ class Engine(object):
         self.state.add_done(taken)
         if complete:
             self.state.status = "complete"
-        self.state.save()
+        if save:
+            self.state.save()
         self._last_commit = time.time()
 
     def _progress(self):
@@ -610,9 +628,11 @@ class Engine(object):
                                         mismatched_zero.append((pos, step))
                                 pos += step
                         continue
-                    self._store_digest(tdig, self.dst_have, idx, slot, dst.read(off, length, buf))
                     if not self.src_have[idx][slot]:
                         self._store_digest(self.src_digests, self.src_have, idx, slot, src.read(off, length, buf))
+                    source_zero = self.src_digests[idx][slot * size:(slot + 1) * size] == hasher.zero_piece(length)
+                    self._store_digest(tdig, self.dst_have, idx, slot,
+                                       digest=self._target_digest(dst, off, length, buf, source_zero))
             except Exception as exc:  # pylint: disable=broad-except
                 self.error = exc
                 self.stop.set()
@@ -907,9 +927,11 @@ class Engine(object):
             self.status.write("failed", self.resumed_bytes + sum(s.done for s in self.stats), self.total_bytes,
                               message=str(exc), force=True)
             raise
-        # one flush for the remaining work; without verification the run is complete with it
+        # one flush for the remaining work; without verification the run is complete with it. With
+        # verification, what this flush made durable is saved with the verdict, in one state write
+        # (killed while verifying, a re-run copies again what the last periodic commit did not record)
         finish_now = not (req.verify or req.image_digest)
-        self._commit(force=True, complete=finish_now)
+        self._commit(force=True, complete=finish_now, save=finish_now)
         copy_seconds = time.time() - copy_started
         total = Stats()
         for s in self.stats:
@@ -946,6 +968,7 @@ class Engine(object):
                 "source": src_digest, "target": dst_digest, "match": src_digest == dst_digest,
                 "seconds": round(time.time() - t0, 3)}
             if src_digest != dst_digest:
+                self.state.save()  # the copied ranges are in place; the run stays unfinished
                 self.status.write("failed", self.total_bytes, self.total_bytes, force=True,
                                   message="image digests differ")
                 raise VerificationError(

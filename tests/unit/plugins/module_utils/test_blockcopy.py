@@ -482,6 +482,41 @@ def test_verify_detects_a_target_that_does_not_keep_data(tmp_path, images, monke
     assert extlib.subtract([(3 * MiB, MiB)], [tuple(d) for d in state["done"]]) == [(3 * MiB, MiB)]
 
 
+def _record_target_reads(monkeypatch, dst):
+    reads = []
+    real_read = bio.LocalEndpoint.read
+
+    def recording(self, offset, length, buf):
+        if self.path == str(dst):
+            reads.append((offset, length))
+        return real_read(self, offset, length, buf)
+
+    monkeypatch.setattr(bio.LocalEndpoint, "read", recording)
+    return reads
+
+
+def test_verify_checks_zeroed_pieces_by_the_targets_holes(tmp_path, images, monkeypatch):
+    # source layout per MiB: d z . d . d z d; the target starts with data everywhere
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5, layout="d")
+    reads = _record_target_reads(monkeypatch, dst)
+    result = sync(tmp_path, src, dst, mode="all", verify=True, request_size=MiB, workers=2)
+    assert result["verification"]["passed"] and result["bytes_zeroed"] == 4 * MiB
+    assert digest(dst) == digest(src)
+    # the punched pieces were checked through SEEK_DATA/SEEK_HOLE, the data pieces read back
+    assert sorted(reads) == [(i * MiB, MiB) for i in (0, 3, 5, 7)]
+
+
+def test_verify_reads_zeroed_pieces_the_target_did_not_punch(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5, layout="d")
+    monkeypatch.setattr(bio.LocalEndpoint, "zero", lambda self, offset, length: None)  # a target that ignores it
+    with pytest.raises(bc.VerificationError) as err:
+        sync(tmp_path, src, dst, mode="all", verify=True, request_size=MiB)
+    mismatches = err.value.result["verification"]["mismatches"]
+    assert [(m["offset"], m["length"]) for m in mismatches] == [(1 * MiB, 2 * MiB), (4 * MiB, MiB), (6 * MiB, MiB)]
+
+
 def test_image_digest_mismatch_when_change_list_is_incomplete(tmp_path, images):
     src, dst = images
     sync(tmp_path, src, dst, mode="allocated")
