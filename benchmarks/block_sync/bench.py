@@ -216,7 +216,7 @@ class Bench:
                 if name == "ours_verify":
                     assert r["verification"]["passed"]
             elif name == "ours_nbd_src":
-                export = NbdExport.nbdkit(src, readonly=True, name="bench-src").start()
+                export = NbdExport.nbdkit(src, readonly=True, name="bench-src", verbose=False).start()
                 try:
                     self.prepare_cache(cache, src, tgt)
                     seconds, r = self.ours(export.uri, tgt, extent_file=listfile)
@@ -234,13 +234,13 @@ class Bench:
                     os.fsync(fout.fileno())
                 seconds = time.perf_counter() - t0
             else:
-                target = NbdExport.nbdkit(tgt, name="bench-tgt").start()
+                target = NbdExport.nbdkit(tgt, name="bench-tgt", verbose=False).start()
                 # nbdkit 1.32's extentlist filter rejects '#' comment lines: give it a bare list
                 plain = self.p("%s.nbdkit-extentlist" % setname)
                 with open(plain, "w") as f:
                     f.writelines("%d %d\n" % e for e in extents)
                 source = NbdExport.nbdkit(src, readonly=True, filters=["extentlist"],
-                                          filter_args=["extentlist=%s" % plain], name="bench-xl").start()
+                                          filter_args=["extentlist=%s" % plain], name="bench-xl", verbose=False).start()
                 try:
                     self.prepare_cache(cache, src, tgt)
                     t0 = time.perf_counter()

@@ -22,6 +22,7 @@ import os
 import stat
 import struct
 import sys
+import threading
 import traceback
 
 try:
@@ -48,6 +49,8 @@ SYNC_FILE_RANGE_WAIT_AFTER = 0x04
 NBD_SCHEMES = ("nbd://", "nbds://", "nbd+unix://", "nbds+unix://", "nbd+vsock://", "nbds+vsock://")
 # Largest single NBD request we send; servers commonly advertise 32 MiB and libnbd refuses > 64 MiB.
 NBD_MAX_REQUEST = 32 * 1024 * 1024
+# Reads larger than this are split into requests of this size, all in flight at once.
+NBD_READ_SPLIT = 1024 * 1024
 # Largest single zero / block-status request (NBD lengths are 32 bit).
 BIG_REQUEST = 1024 * 1024 * 1024
 ZERO_ALIGN = 4096
@@ -501,6 +504,10 @@ class NbdEndpoint(Endpoint):
         self.max_request = min(maximum or NBD_MAX_REQUEST, NBD_MAX_REQUEST)
         self.parallel = self.multi_conn
         self._primary = _primary
+        # one operation at a time on this connection: a read waits for its requests by polling the
+        # handle, and another thread's command on it (a flush at a commit, the writes of workers
+        # sharing a connection that is not multi-conn) must not take their replies in between
+        self._lock = threading.Lock()
 
     def identity(self):
         return ("nbd", self.url)
@@ -511,14 +518,44 @@ class NbdEndpoint(Endpoint):
         return self
 
     def read(self, offset, length, buf=None):
-        try:
-            return self.handle.pread(length, offset)
-        except nbd.Error as exc:
-            raise ReadError(self.name, offset, length, exc)
+        """Read ``length`` bytes into ``buf`` (a bytearray, allocated when None); return a memoryview.
+
+        A large read is sent as several requests of ``NBD_READ_SPLIT`` bytes in flight at once on
+        this connection (libnbd's asynchronous API, straight into ``buf``), so the server reads
+        them in parallel, as nbdcopy keeps many requests in flight.
+        """
+        if buf is None:
+            buf = bytearray(length)
+        view = memoryview(buf)[:length]
+        h = self.handle
+        cookies = []
+        failed = None
+        with self._lock:
+            try:
+                pos = 0
+                while pos < length:
+                    step = min(length - pos, NBD_READ_SPLIT)
+                    cookies.append((offset + pos, step, h.aio_pread(
+                        nbd.Buffer.from_buffer(view[pos:pos + step]), offset + pos)))
+                    pos += step
+            except nbd.Error as exc:
+                failed = (offset + pos, length - pos, exc)
+            # every request sent is waited for, failed or not: none may still write into ``buf`` later
+            for chunk_offset, chunk_length, cookie in cookies:
+                try:
+                    while not h.aio_command_completed(cookie):
+                        h.poll(-1)
+                except nbd.Error as exc:
+                    if failed is None or chunk_offset < failed[0]:
+                        failed = (chunk_offset, chunk_length, exc)
+        if failed is not None:
+            raise ReadError(self.name, failed[0], failed[1], failed[2])
+        return view
 
     def write(self, offset, data):
         try:
-            self.handle.pwrite(data, offset)
+            with self._lock:
+                self.handle.pwrite(data, offset)
         except nbd.Error as exc:
             raise WriteError(self.name, offset, len(data), exc)
 
@@ -531,7 +568,8 @@ class NbdEndpoint(Endpoint):
             if self.can_zero:
                 step = min(end - pos, BIG_REQUEST)
                 try:
-                    self.handle.zero(step, pos)
+                    with self._lock:
+                        self.handle.zero(step, pos)
                 except nbd.Error as exc:
                     raise WriteError(self.name, pos, step, exc, what="zeroing")
             else:
@@ -543,7 +581,8 @@ class NbdEndpoint(Endpoint):
         if not self.can_flush:
             return
         try:
-            self.handle.flush()
+            with self._lock:
+                self.handle.flush()
         except nbd.Error as exc:
             raise WriteError(self.name, 0, self.size, exc, what="flush")
 
@@ -562,7 +601,8 @@ class NbdEndpoint(Endpoint):
                 return 0
 
             try:
-                self.handle.block_status(min(end - pos, BIG_REQUEST), pos, callback)
+                with self._lock:
+                    self.handle.block_status(min(end - pos, BIG_REQUEST), pos, callback)
             except nbd.Error as exc:
                 raise ReadError(self.name, pos, end - pos, exc)
             if not entries:

@@ -46,10 +46,12 @@ class NbdExport:
 
     @classmethod
     def nbdkit(cls, image=None, transport="unix", readonly=False, plugin="file", plugin_args=None,
-               filters=None, filter_args=None, name=None) -> "NbdExport":
-        """nbdkit serving ``image`` with the file plugin (or another ``plugin`` with ``plugin_args``)."""
+               filters=None, filter_args=None, name=None, verbose=True) -> "NbdExport":
+        """nbdkit serving ``image`` with the file plugin (or another ``plugin`` with ``plugin_args``).
+
+        ``verbose`` logs every request (for tests); benchmarks turn it off, as it costs CPU time."""
         def build(export):
-            argv = [_require("nbdkit"), "--foreground", "--verbose"]
+            argv = [_require("nbdkit"), "--foreground"] + (["--verbose"] if verbose else [])
             if readonly:
                 argv.append("--readonly")
             for flt in filters or []:

@@ -62,6 +62,8 @@ class Endpoints:
             export = NbdExport.nbdkit(image, transport="unix", readonly=readonly).start()
         elif kind == "qemu-nbd":
             export = NbdExport.qemu_nbd(image, transport="tcp", readonly=readonly).start()
+        elif kind == "qemu-nbd-single":  # one client at a time: no multi-conn
+            export = NbdExport.qemu_nbd(image, transport="unix", readonly=readonly, shared=1).start()
         else:
             raise ValueError(kind)
         self._cleanup.append(export.stop)

@@ -90,3 +90,18 @@ def test_nbd_target_zeroes_without_writing_data(workdir, endpoints):
     result = sync(workdir, src_img, dst, extents=[[0, MiB]])
     assert result["bytes_written"] == 0 and result["bytes_zeroed"] == MiB
     assert read_range(dst_img, 0, MiB) == bytes(MiB)
+
+
+@pytest.mark.parametrize("src_kind,dst_kind", [("qemu-nbd-single", "file"), ("file", "qemu-nbd-single")])
+def test_workers_share_a_connection_without_multi_conn(workdir, endpoints, src_kind, dst_kind):
+    # one connection for all workers: reads with several requests in flight, writes, verification reads
+    # and the flushes of frequent commits (main thread) all take turns on it
+    size = 32 * MiB
+    src_img = make_image(workdir / "src.img", size, seed=3)
+    dst_img = make_image(workdir / "dst.img", size, seed=4, layout="d")
+    src = endpoints.expose(src_img, src_kind, readonly=True)
+    dst = endpoints.expose(dst_img, dst_kind)
+    result = sync(workdir, src, dst, mode="all", verify=True, request_size=4 * MiB, workers=4,
+                  commit_bytes=4 * MiB)
+    assert result["workers"] == 4 and result["verification"]["passed"]
+    assert sha_of(dst_img, size) == sha_of(src_img, size)

@@ -135,7 +135,10 @@ def test_bad_input_fails_clearly_and_writes_nothing(workdir, endpoints, run_modu
     assert not state.exists() or not [n for n in os.listdir(state) if n.endswith(".plan")]
 
 
-def test_read_error_names_the_offset_and_keeps_the_resume_state(workdir, run_module):
+@pytest.mark.parametrize("request_size,bad", [(MiB, 4 * MiB), (4 * MiB, 6 * MiB)], ids=["1MiB", "4MiB-split"])
+def test_read_error_names_the_offset_and_keeps_the_resume_state(workdir, run_module, request_size, bad):
+    # with 4 MiB requests, each read is four 1 MiB NBD requests in flight at once; the error names the
+    # first one that failed, and the whole piece [4 MiB, 8 MiB) stays uncopied
     src_img = make_image(workdir / "src.img", SIZE, seed=7, layout="d")
     dst_img = make_image(workdir / "dst.img", SIZE, seed=8, layout="d")
     script = textwrap.dedent("""\
@@ -147,17 +150,17 @@ def test_read_error_names_the_offset_and_keeps_the_resume_state(workdir, run_mod
             dd if=%(img)s skip="$4" count="$3" iflag=skip_bytes,count_bytes status=none ;;
           *) exit 2 ;;
         esac
-        """) % {"size": SIZE, "bad": 4 * MiB, "img": src_img}
+        """) % {"size": SIZE, "bad": bad, "img": src_img}
     (workdir / "flaky.sh").write_text(script)
     os.chmod(workdir / "flaky.sh", 0o755)
     export = NbdExport.nbdkit(plugin="sh", plugin_args=[str(workdir / "flaky.sh")], readonly=True,
                               name="flaky").start()
     try:
-        args = {"src": export.uri, "dest": dst_img, "mode": "all", "workers": 1, "request_size": MiB,
+        args = {"src": export.uri, "dest": dst_img, "mode": "all", "workers": 1, "request_size": request_size,
                 "state_dir": str(workdir / "st")}
         res, run = run_module("block_sync", args)
         assert res.get("failed") and "read error on source" in res["msg"], run
-        assert "at offset %d" % (4 * MiB) in res["msg"]
+        assert "at offset %d (length %d)" % (bad, MiB) in res["msg"]
         state_files = [workdir / "st" / n for n in os.listdir(workdir / "st")
                        if n.endswith(".json") and not n.endswith("status.json")]
         state = json.loads(state_files[0].read_text())
@@ -169,7 +172,7 @@ def test_read_error_names_the_offset_and_keeps_the_resume_state(workdir, run_mod
         assert res.get("failed") and state_files[0].read_text() == before, run
     finally:
         export.stop()
-    assert read_range(dst_img, 4 * MiB, MiB) != read_range(src_img, 4 * MiB, MiB)
+    assert read_range(dst_img, 4 * MiB, 4 * MiB) != read_range(src_img, 4 * MiB, 4 * MiB)
 
 
 def test_lock_blocks_a_second_run_and_async_progress(workdir, run_playbook):
