@@ -522,12 +522,20 @@ class NbdEndpoint(Endpoint):
 
         A large read is sent as several requests of ``NBD_READ_SPLIT`` bytes in flight at once on
         this connection (libnbd's asynchronous API, straight into ``buf``), so the server reads
-        them in parallel, as nbdcopy keeps many requests in flight.
+        them in parallel, as nbdcopy keeps many requests in flight. A small read is one synchronous
+        request: it holds Python's GIL for one call, where waiting through the asynchronous API
+        takes it again at every poll.
         """
+        h = self.handle
+        if length <= NBD_READ_SPLIT:
+            try:
+                with self._lock:
+                    return h.pread(length, offset)
+            except nbd.Error as exc:
+                raise ReadError(self.name, offset, length, exc)
         if buf is None:
             buf = bytearray(length)
         view = memoryview(buf)[:length]
-        h = self.handle
         cookies = []
         failed = None
         with self._lock:
