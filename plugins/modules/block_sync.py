@@ -124,6 +124,9 @@ options:
         earlier, interrupted run, whose source is read again, and pieces cut where that run stopped) are read
         back after the final flush. Mismatching ranges fail the task and are removed from the resume state.
       - Ranges made zero (source holes) are checked after the final flush to read as zeros.
+      - A piece that is all zeros on the source is checked through the target's allocation where the target
+        reports a hole for the whole piece (C(SEEK_DATA)/C(SEEK_HOLE) on files, block status on NBD exports),
+        because a hole reads as zeros. Where the target holds data there, the piece is read back and compared.
       - On local targets the read-back is usually served from the page cache, so it checks what the kernel holds
         for the target, not the device's media.
     type: bool
