@@ -521,10 +521,12 @@ class NbdEndpoint(Endpoint):
         """Read ``length`` bytes into ``buf`` (a bytearray, allocated when None); return a memoryview.
 
         A large read is sent as several requests of ``NBD_READ_SPLIT`` bytes in flight at once on
-        this connection (libnbd's asynchronous API, straight into ``buf``), so the server reads
-        them in parallel, as nbdcopy keeps many requests in flight. A small read is one synchronous
-        request: it holds Python's GIL for one call, where waiting through the asynchronous API
-        takes it again at every poll.
+        this connection, so the server reads them in parallel, as nbdcopy keeps many requests in
+        flight. All but the last go through libnbd's asynchronous API straight into ``buf``; the
+        last is synchronous, and libnbd's own wait for it (with Python's GIL released) takes in the
+        other replies too. Waiting for them through the asynchronous API instead returns to Python
+        at every poll and needs the GIL each time, which another busy thread may hold for 5 ms. A
+        small read is one synchronous request.
         """
         h = self.handle
         if length <= NBD_READ_SPLIT:
@@ -543,11 +545,14 @@ class NbdEndpoint(Endpoint):
                 pos = 0
                 while pos < length:
                     step = min(length - pos, NBD_READ_SPLIT)
-                    cookies.append((offset + pos, step, h.aio_pread(
-                        nbd.Buffer.from_buffer(view[pos:pos + step]), offset + pos)))
+                    if pos + step < length:
+                        cookies.append((offset + pos, step, h.aio_pread(
+                            nbd.Buffer.from_buffer(view[pos:pos + step]), offset + pos)))
+                    else:
+                        view[pos:] = h.pread(step, offset + pos)
                     pos += step
             except nbd.Error as exc:
-                failed = (offset + pos, length - pos, exc)
+                failed = (offset + pos, min(length - pos, NBD_READ_SPLIT), exc)
             # every request sent is waited for, failed or not: none may still write into ``buf`` later
             for chunk_offset, chunk_length, cookie in cookies:
                 try:
