@@ -395,6 +395,31 @@ def test_resume_skips_done_ranges(tmp_path, images, monkeypatch):
     assert json.loads(open(_state_file(tmp_path)).read())["status"] == "complete"
 
 
+def test_resumed_run_verifies_earlier_pieces_after_the_copy(tmp_path, images, monkeypatch):
+    # source layout per MiB: d z . d . d z d; the first run stops at 6 MiB, the second verifies
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5, layout="d")
+    real_read = bio.LocalEndpoint.read
+
+    def failing(self, offset, length, buf):
+        if self.path == str(src) and offset >= 6 * MiB:
+            time.sleep(0.5)  # let the main thread commit what is finished
+            raise bio.ReadError(self.name, offset, length, OSError(errno.EIO, "boom"))
+        return real_read(self, offset, length, buf)
+
+    monkeypatch.setattr(bio.LocalEndpoint, "read", failing)
+    with pytest.raises(bio.ReadError):
+        sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1, commit_bytes=MiB)
+    monkeypatch.setattr(bio.LocalEndpoint, "read", real_read)
+    reads = _record_target_reads(monkeypatch, dst)
+    result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1, verify=True)
+    assert result["resumed"] is True and result["verification"]["passed"]
+    assert digest(src) == digest(dst)
+    # every data piece of the target is read once (during the copy or, copied by the first run, after
+    # it); the zero pieces are checked through the target's holes
+    assert sorted(reads) == [(i * MiB, MiB) for i in (0, 3, 5, 7)]
+
+
 def test_unfinished_different_plan_is_refused_unless_covered(tmp_path, images):
     src, dst = images
     sync(tmp_path, src, dst, mode="allocated")
