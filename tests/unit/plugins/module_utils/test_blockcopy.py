@@ -368,37 +368,8 @@ def _state_file(tmp_path):
     return str(tmp_path / "state" / names[0])
 
 
-def test_resume_skips_done_ranges(tmp_path, images, monkeypatch):
-    src, dst = images
-    make_image(dst, 8 * MiB, seed=5)
-    real_read = bio.LocalEndpoint.read
-    calls = []
-
-    def failing(self, offset, length, buf):
-        if self.path == str(src):
-            calls.append(offset)
-            if offset >= 6 * MiB:
-                time.sleep(0.5)  # let the main thread commit what is finished
-                raise bio.ReadError(self.name, offset, length, OSError(errno.EIO, "boom"))
-        return real_read(self, offset, length, buf)
-
-    monkeypatch.setattr(bio.LocalEndpoint, "read", failing)
-    with pytest.raises(bio.ReadError):
-        sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1, commit_bytes=MiB)
-    done = json.loads(open(_state_file(tmp_path)).read())["done"]
-    assert extlib.total_bytes(done) >= 5 * MiB
-    monkeypatch.setattr(bio.LocalEndpoint, "read", real_read)
-    result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
-    assert result["resumed"] is True and result["bytes_resumed"] >= 5 * MiB
-    assert result["bytes_read"] <= 3 * MiB
-    assert digest(src) == digest(dst)
-    assert json.loads(open(_state_file(tmp_path)).read())["status"] == "complete"
-
-
-def test_resumed_run_verifies_earlier_pieces_after_the_copy(tmp_path, images, monkeypatch):
-    # source layout per MiB: d z . d . d z d; the first run stops at 6 MiB, the second verifies
-    src, dst = images
-    make_image(dst, 8 * MiB, seed=5, layout="d")
+def _interrupted_at_6_mib(tmp_path, src, dst, monkeypatch):
+    """A run in mode all that fails reading the source at 6 MiB, after committing what came before."""
     real_read = bio.LocalEndpoint.read
 
     def failing(self, offset, length, buf):
@@ -411,6 +382,26 @@ def test_resumed_run_verifies_earlier_pieces_after_the_copy(tmp_path, images, mo
     with pytest.raises(bio.ReadError):
         sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1, commit_bytes=MiB)
     monkeypatch.setattr(bio.LocalEndpoint, "read", real_read)
+
+
+def test_resume_skips_done_ranges(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    _interrupted_at_6_mib(tmp_path, src, dst, monkeypatch)
+    done = json.loads(open(_state_file(tmp_path)).read())["done"]
+    assert extlib.total_bytes(done) >= 5 * MiB
+    result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert result["resumed"] is True and result["bytes_resumed"] >= 5 * MiB
+    assert result["bytes_read"] <= 3 * MiB
+    assert digest(src) == digest(dst)
+    assert json.loads(open(_state_file(tmp_path)).read())["status"] == "complete"
+
+
+def test_resumed_run_verifies_earlier_pieces_after_the_copy(tmp_path, images, monkeypatch):
+    # source layout per MiB: d z . d . d z d; the first run stops at 6 MiB, the second verifies
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5, layout="d")
+    _interrupted_at_6_mib(tmp_path, src, dst, monkeypatch)
     reads = _record_target_reads(monkeypatch, dst)
     result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1, verify=True)
     assert result["resumed"] is True and result["verification"]["passed"]
