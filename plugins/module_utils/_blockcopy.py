@@ -401,7 +401,9 @@ class Engine(object):
     def _write_detect(self, dst, off, data, st, all_zero=None):
         n = len(data)
         zero = self.zero
-        if all_zero if all_zero is not None else zero.startswith(data):
+        if all_zero is None:
+            all_zero = zero.startswith(data)
+        if all_zero:
             self._emit(dst, off, data, 0, n, True, st)
             return
         if n <= GRANULE:
@@ -447,9 +449,9 @@ class Engine(object):
             all_zero = self.zero.startswith(data)
         return self.hasher.zero_piece(len(data)) if all_zero else self.hasher.piece(data)
 
-    def _store_digest(self, digests, have, idx, slot, data=None, digest=None):
+    def _store_digest(self, digests, have, idx, slot, digest):
         size = self.hasher.size
-        digests[idx][slot * size:(slot + 1) * size] = digest if digest is not None else self._digest(data)
+        digests[idx][slot * size:(slot + 1) * size] = digest
         have[idx][slot] = 1
 
     def _target_digest(self, dst, off, length, buf, source_zero):
@@ -494,10 +496,12 @@ class Engine(object):
                     before = st.written
                     data = src.read(off, length, buf)
                     st.read += length
-                    source_zero = self.zero.startswith(data)
-                    if self.hash_pieces and full:
+                    hashed = self.hash_pieces and full
+                    # compare mode finds zeros itself, in the granules that differ
+                    source_zero = self.zero.startswith(data) if hashed or self.mode != "compare" else None
+                    if hashed:
                         self._store_digest(self.src_digests, self.src_have, idx, slot,
-                                           digest=self._digest(data, source_zero))
+                                           self._digest(data, source_zero))
                     if self.mode == "compare":
                         tview = memoryview(dst.read(off, length, tbuf))
                         st.read += length
@@ -508,11 +512,11 @@ class Engine(object):
                             self._write_differences(dst, off, sbuf, memoryview(data), tview, st)
                     else:
                         self._write_detect(dst, off, data, st, source_zero)
-                    if self.hash_pieces and full:
+                    if hashed:
                         # read back at once, while the piece is hot in the caches: the verification pass
                         # after the copy only reads what was not checked here (resumed or partial pieces)
                         self._store_digest(self.dst_digests, self.dst_have, idx, slot,
-                                           digest=self._target_digest(dst, off, length, tbuf, source_zero))
+                                           self._target_digest(dst, off, length, tbuf, source_zero))
                     if behind is not None and st.written > before:
                         behind.written(off, length)
                 st.done += length
@@ -629,10 +633,11 @@ class Engine(object):
                                 pos += step
                         continue
                     if not self.src_have[idx][slot]:
-                        self._store_digest(self.src_digests, self.src_have, idx, slot, src.read(off, length, buf))
+                        self._store_digest(self.src_digests, self.src_have, idx, slot,
+                                           self._digest(src.read(off, length, buf)))
                     source_zero = self.src_digests[idx][slot * size:(slot + 1) * size] == hasher.zero_piece(length)
                     self._store_digest(tdig, self.dst_have, idx, slot,
-                                       digest=self._target_digest(dst, off, length, buf, source_zero))
+                                       self._target_digest(dst, off, length, buf, source_zero))
             except Exception as exc:  # pylint: disable=broad-except
                 self.error = exc
                 self.stop.set()

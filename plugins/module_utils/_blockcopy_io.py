@@ -517,8 +517,8 @@ class NbdEndpoint(Endpoint):
             return NbdEndpoint(self.url, writable=self.writable, _primary=self)
         return self
 
-    def read(self, offset, length, buf=None):
-        """Read ``length`` bytes into ``buf`` (a bytearray, allocated when None); return a memoryview.
+    def read(self, offset, length, buf):
+        """Read ``length`` bytes into ``buf`` (a bytearray; a small read returns new bytes instead).
 
         A large read is sent as several requests of ``NBD_READ_SPLIT`` bytes in flight at once on
         this connection, so the server reads them in parallel, as nbdcopy keeps many requests in
@@ -535,8 +535,6 @@ class NbdEndpoint(Endpoint):
                     return h.pread(length, offset)
             except nbd.Error as exc:
                 raise ReadError(self.name, offset, length, exc)
-        if buf is None:
-            buf = bytearray(length)
         view = memoryview(buf)[:length]
         cookies = []
         failed = None
