@@ -39,11 +39,15 @@ class MissingLibrary(CheckpointError):
 
 
 class ConflictError(CheckpointError):
-    """The compare-and-set failed: the stored checkpoint is not the expected one."""
+    """The compare-and-set failed: the stored checkpoint is not the expected one.
 
-    def __init__(self, message, current):
+    ``conflicts`` lists every failed record of a batch (``source_id``, ``target``, ``current``, ``msg``).
+    """
+
+    def __init__(self, message, current, conflicts=None):
         CheckpointError.__init__(self, message)
         self.current = current
+        self.conflicts = conflicts or []
 
 
 def now_iso():
@@ -127,6 +131,60 @@ def new_record(current, source_id, target, change_id, bytes_, metadata):
     }
 
 
+def advance_item(source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
+                 expected_generation=None):
+    """One record of a batch advance."""
+    return {"source_id": source_id, "target": target, "change_id": change_id, "bytes": bytes_,
+            "metadata": metadata, "expected_previous": expected_previous,
+            "expected_generation": expected_generation}
+
+
+def check_batch(items):
+    """Refuse an empty batch and a key given twice (which of the two would win is undefined)."""
+    if not items:
+        raise CheckpointError("no checkpoint records to advance")
+    seen = set()
+    for item in items:
+        key = (item["source_id"], item["target"])
+        if key in seen:
+            raise CheckpointError("source %r, target %r is given twice in one advance; give each source and "
+                                  "target once" % key)
+        seen.add(key)
+
+
+def decide_batch(currents, items, force=False):
+    """Decide every record of a batch against what is stored (``currents``, in the same order).
+
+    Returns ``[(action, record or None, current)]``; raises one ``ConflictError`` naming every
+    record whose compare-and-set fails, so a batch advances all of its records or none.
+    """
+    decisions = []
+    conflicts = []
+    for item, current in zip(items, currents):
+        try:
+            action = decide_advance(current, item["source_id"], item["target"], item["change_id"],
+                                    item["expected_previous"], item["expected_generation"], force)
+        except ConflictError as exc:
+            conflicts.append({"source_id": item["source_id"], "target": item["target"], "current": exc.current,
+                              "msg": str(exc)})
+            continue
+        record = None if action == "unchanged" else new_record(
+            current, item["source_id"], item["target"], item["change_id"], item["bytes"], item["metadata"])
+        decisions.append((action, record, current))
+    if conflicts:
+        if len(items) == 1:
+            raise ConflictError(conflicts[0]["msg"], conflicts[0]["current"], conflicts)
+        raise ConflictError("%d of %d checkpoint records conflict, so none was advanced: %s" % (
+            len(conflicts), len(items), " | ".join(c["msg"] for c in conflicts)), None, conflicts)
+    return decisions
+
+
+def batch_result(decisions):
+    """``[(changed, record, previous)]`` from ``decide_batch``'s decisions."""
+    return [(action != "unchanged", record if record is not None else current, current)
+            for action, record, current in decisions]
+
+
 class Store(object):
     """Backend interface."""
 
@@ -144,6 +202,14 @@ class Store(object):
     def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
                 expected_generation=None, force=False, check_mode=False):
         """Return ``(changed, record, previous)``."""
+        return self.advance_many([advance_item(source_id, target, change_id, bytes_, metadata, expected_previous,
+                                               expected_generation)], force=force, check_mode=check_mode)[0]
+
+    def advance_many(self, items, force=False, check_mode=False):
+        """Advance several checkpoints at once, all or none (items from ``advance_item``).
+
+        Return ``[(changed, record, previous)]`` in the order of ``items``.
+        """
         raise NotImplementedError
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
@@ -274,43 +340,30 @@ class SqlStore(Store):
              record["generation"], record["bytes"], self._encode_time(record["updated_at"]),
              self._encode_meta(record["metadata"])))
 
-    def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
-                expected_generation=None, force=False, check_mode=False):
+    def advance_many(self, items, force=False, check_mode=False):
+        """One transaction: every row is read for update (in key order, so two batches cannot deadlock),
+        every record decided, then written with its history event."""
+        check_batch(items)
+        order = sorted(range(len(items)), key=lambda i: (items[i]["source_id"], items[i]["target"]))
         for attempt in range(3):
             cur = self.conn.cursor()
             try:
                 self._begin_write(cur)
-                cur.execute(self._select_current_sql() + self._for_update(), (source_id, target))
-                current = self._row(cur.fetchone())
-                action = decide_advance(current, source_id, target, change_id, expected_previous,
-                                        expected_generation, force)
-                if action == "unchanged":
+                currents = [None] * len(items)
+                for i in order:
+                    cur.execute(self._select_current_sql() + self._for_update(),
+                                (items[i]["source_id"], items[i]["target"]))
+                    currents[i] = self._row(cur.fetchone())
+                decisions = decide_batch(currents, items, force)
+                if check_mode or all(action == "unchanged" for action, _r, _c in decisions):
                     self.conn.rollback()
-                    return False, current, current
-                record = new_record(current, source_id, target, change_id, bytes_, metadata)
-                if check_mode:
+                    return batch_result(decisions)
+                if not all(self._write_record(cur, record, current) for action, record, current in decisions
+                           if action != "unchanged"):
                     self.conn.rollback()
-                    return True, record, current
-                if current is None:
-                    cur.execute(self._q(
-                        "INSERT INTO %s (source_id, target, change_id, previous_change_id, generation, bytes, "
-                        "updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % self.table),
-                        (source_id, target, change_id, None, record["generation"], bytes_,
-                         self._encode_time(record["updated_at"]), self._encode_meta(record["metadata"])))
-                else:
-                    cur.execute(self._q(
-                        "UPDATE %s SET change_id = ?, previous_change_id = ?, generation = ?, bytes = ?, "
-                        "updated_at = ?, metadata = ? WHERE source_id = ? AND target = ? AND generation = ?"
-                        % self.table),
-                        (change_id, record["previous_change_id"], record["generation"], bytes_,
-                         self._encode_time(record["updated_at"]), self._encode_meta(record["metadata"]),
-                         source_id, target, current["generation"]))
-                    if cur.rowcount != 1:
-                        self.conn.rollback()
-                        continue  # changed under us; decide again with the new value
-                self._insert_history(cur, "advance", record, record["previous_change_id"])
+                    continue  # changed under us; decide again with the new values
                 self.conn.commit()
-                return True, record, current
+                return batch_result(decisions)
             except ConflictError:
                 self.conn.rollback()
                 raise
@@ -321,8 +374,29 @@ class SqlStore(Store):
                 raise
             finally:
                 cur.close()
-        raise CheckpointError("checkpoint for source %r, target %r kept changing while it was advanced; re-run"
-                              % (source_id, target))
+        raise CheckpointError("checkpoints of %s kept changing while they were advanced; re-run" % ", ".join(
+            "source %r, target %r" % (item["source_id"], item["target"]) for item in items))
+
+    def _write_record(self, cur, record, current):
+        """Insert or update one checkpoint and add its history event; False if it changed under us."""
+        if current is None:
+            cur.execute(self._q(
+                "INSERT INTO %s (source_id, target, change_id, previous_change_id, generation, bytes, "
+                "updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % self.table),
+                (record["source_id"], record["target"], record["change_id"], None, record["generation"],
+                 record["bytes"], self._encode_time(record["updated_at"]), self._encode_meta(record["metadata"])))
+        else:
+            cur.execute(self._q(
+                "UPDATE %s SET change_id = ?, previous_change_id = ?, generation = ?, bytes = ?, "
+                "updated_at = ?, metadata = ? WHERE source_id = ? AND target = ? AND generation = ?"
+                % self.table),
+                (record["change_id"], record["previous_change_id"], record["generation"], record["bytes"],
+                 self._encode_time(record["updated_at"]), self._encode_meta(record["metadata"]),
+                 record["source_id"], record["target"], current["generation"]))
+            if cur.rowcount != 1:
+                return False
+        self._insert_history(cur, "advance", record, record["previous_change_id"])
+        return True
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
         cur = self.conn.cursor()
@@ -473,16 +547,13 @@ class SqliteStore(SqlStore):
             return []
         return self._guard(lambda: SqlStore.history(self, source_id, target, limit), "reading")
 
-    def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
-                expected_generation=None, force=False, check_mode=False):
+    def advance_many(self, items, force=False, check_mode=False):
         if self.conn is None or not self._has_tables():
             if not check_mode:
                 raise CheckpointError("the SQLite checkpoint store %s is not initialised" % self.path)
-            decide_advance(None, source_id, target, change_id, expected_previous, expected_generation, force)
-            return True, new_record(None, source_id, target, change_id, bytes_, metadata), None
-        return self._guard(lambda: SqlStore.advance(
-            self, source_id, target, change_id, bytes_, metadata, expected_previous, expected_generation, force,
-            check_mode), "advancing")
+            check_batch(items)
+            return batch_result(decide_batch([None] * len(items), items, force))
+        return self._guard(lambda: SqlStore.advance_many(self, items, force, check_mode), "advancing")
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
         if self.conn is None or not self._has_tables():

@@ -23,9 +23,10 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
     ConflictError,
     MissingLibrary,
     Store,
+    batch_result,
+    check_batch,
     check_delete,
-    decide_advance,
-    new_record,
+    decide_batch,
     now_iso,
 )
 
@@ -150,27 +151,28 @@ class ConfigMapStore(Store):
             return history[-self.history_limit:]
         return history
 
-    def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
-                expected_generation=None, force=False, check_mode=False):
+    def advance_many(self, items, force=False, check_mode=False):
+        """All records live in the one ConfigMap, so one replace (with the resourceVersion read)
+        advances all of them or none."""
+        check_batch(items)
         for _attempt in range(MAX_ATTEMPTS):
             cm, data = self._read()
-            entry = self._entry(data, source_id, target)
-            current = entry["current"]
-            action = decide_advance(current, source_id, target, change_id, expected_previous, expected_generation,
-                                    force)
-            if action == "unchanged":
-                return False, current, current
-            record = new_record(current, source_id, target, change_id, bytes_, metadata)
-            if check_mode:
-                return True, record, current
-            history = list(entry["history"])
-            event = self._event("advance", record, record["previous_change_id"])
-            event["id"] = (history[-1].get("id", 0) if history else 0) + 1
-            history.append(event)
-            entry = {"source_id": source_id, "target": target, "current": record, "history": self._trim(history)}
-            data[data_key(source_id, target)] = json.dumps(entry, sort_keys=True)
+            entries = [self._entry(data, item["source_id"], item["target"]) for item in items]
+            decisions = decide_batch([entry["current"] for entry in entries], items, force)
+            if check_mode or all(action == "unchanged" for action, _r, _c in decisions):
+                return batch_result(decisions)
+            for entry, (action, record, _current) in zip(entries, decisions):
+                if action == "unchanged":
+                    continue
+                history = list(entry["history"])
+                event = self._event("advance", record, record["previous_change_id"])
+                event["id"] = (history[-1].get("id", 0) if history else 0) + 1
+                history.append(event)
+                data[data_key(record["source_id"], record["target"])] = json.dumps(
+                    {"source_id": record["source_id"], "target": record["target"], "current": record,
+                     "history": self._trim(history)}, sort_keys=True)
             if self._write(cm, data):
-                return True, record, current
+                return batch_result(decisions)
         raise CheckpointError("%s kept changing (%d attempts); re-run" % (self._what("updating"), MAX_ATTEMPTS))
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):

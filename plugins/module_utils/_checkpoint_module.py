@@ -43,12 +43,12 @@ def backend_argument_spec():
     return spec
 
 
-def checkpoint_module(options, required_if=()):
+def checkpoint_module(options, required_if=(), **kwargs):
     """An ``AnsibleModule`` (check mode supported) with the backend options and ``options``."""
     spec = backend_argument_spec()
     spec.update(options)
     return AnsibleModule(argument_spec=spec, supports_check_mode=True,
-                         required_if=BACKEND_REQUIRED_IF + list(required_if))
+                         required_if=BACKEND_REQUIRED_IF + list(required_if), **kwargs)
 
 
 @contextlib.contextmanager
@@ -65,7 +65,7 @@ def opened_store(module, check_mode):
     except MissingLibrary as exc:
         module.fail_json(msg=missing_required_lib(exc.library), exception=exc.import_error)
     except ConflictError as exc:
-        module.fail_json(msg=str(exc), current=exc.current, conflict=True)
+        module.fail_json(msg=str(exc), current=exc.current, conflicts=exc.conflicts, conflict=True)
     except CheckpointError as exc:
         module.fail_json(msg=str(exc))
     finally:

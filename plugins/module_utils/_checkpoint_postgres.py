@@ -20,8 +20,9 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
     CheckpointError,
     MissingLibrary,
     SqlStore,
-    decide_advance,
-    new_record,
+    batch_result,
+    check_batch,
+    decide_batch,
 )
 
 try:
@@ -144,14 +145,11 @@ class PostgresStore(SqlStore):
             return []
         return self._guard(lambda: SqlStore.history(self, source_id, target, limit), "reading")
 
-    def advance(self, source_id, target, change_id, bytes_=None, metadata=None, expected_previous=None,
-                expected_generation=None, force=False, check_mode=False):
+    def advance_many(self, items, force=False, check_mode=False):
         if not self.exists:
-            decide_advance(None, source_id, target, change_id, expected_previous, expected_generation, force)
-            return True, new_record(None, source_id, target, change_id, bytes_, metadata), None
-        return self._guard(lambda: SqlStore.advance(
-            self, source_id, target, change_id, bytes_, metadata, expected_previous, expected_generation, force,
-            check_mode), "advancing in")
+            check_batch(items)
+            return batch_result(decide_batch([None] * len(items), items, force))
+        return self._guard(lambda: SqlStore.advance_many(self, items, force, check_mode), "advancing in")
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
         if not self.exists:

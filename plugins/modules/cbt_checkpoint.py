@@ -20,6 +20,9 @@ description:
     two pipelines cannot both advance from the same point; the loser fails with a conflict naming what is
     stored. Every change is kept in a history for audit.
   - Re-running a task that already advanced to O(change_id) changes nothing (C(changed=false)).
+  - O(records) advances the checkpoints of several sources at once - for example every disk of a VM after a
+    migration round - in one transaction (one ConfigMap update); if any of them conflicts, none is advanced and
+    the failure names every conflict.
   - Backends - a SQLite file (default), PostgreSQL, or a Kubernetes ConfigMap. Use
     M(cbt.toolkit.cbt_checkpoint_info) to read.
 author:
@@ -46,14 +49,14 @@ options:
     description:
       - Identifies the source disk, stable across snapshots - for example
         C(vmware:<VM instanceUuid>:disk-<device key>) or C(pvc:<namespace>/<name>) or a snapshot lineage id.
+      - Required unless O(records) is given.
     type: str
-    required: true
   target:
     description:
       - Identifies the replica the change point refers to (a path, volume, bucket prefix...). Together with
         O(source_id) it is the key.
+      - Required with O(source_id).
     type: str
-    required: true
   state:
     description:
       - V(present) records O(change_id) as the current change point (advance).
@@ -91,6 +94,39 @@ options:
     description:
       - Free-form data stored with the checkpoint and its history event (snapshot names, digests, job ids).
     type: dict
+  records:
+    description:
+      - Several checkpoints to advance together, all or none, instead of O(source_id), O(target), O(change_id),
+        O(expected_previous), O(expected_generation), O(bytes) and O(metadata). Only with O(state=present).
+      - Each key (O(records[].source_id), O(records[].target)) may appear once. O(force) applies to all of them.
+      - Records already at their O(records[].change_id) are left as they are, so a re-run changes nothing.
+    type: list
+    elements: dict
+    suboptions:
+      source_id:
+        description: The source, as O(source_id).
+        type: str
+        required: true
+      target:
+        description: The target, as O(target).
+        type: str
+        required: true
+      change_id:
+        description: The new change point, as O(change_id).
+        type: str
+        required: true
+      expected_previous:
+        description: The change point the sync of this source started from, as O(expected_previous).
+        type: str
+      expected_generation:
+        description: The generation the sync of this source started from, as O(expected_generation).
+        type: int
+      bytes:
+        description: Bytes copied for this source, as O(bytes).
+        type: int
+      metadata:
+        description: Free-form data for this checkpoint, as O(metadata).
+        type: dict
 """
 
 EXAMPLES = r"""
@@ -119,6 +155,18 @@ EXAMPLES = r"""
       snapshot: "{{ snapshot_name }}"
       target_digest: "{{ sync.verification.target_digest }}"
 
+- name: Advance every disk of a VM after a migration round, all or none
+  cbt.toolkit.cbt_checkpoint:
+    records:
+      - source_id: "vmware:{{ vm_uuid }}:disk-2000"
+        target: /dev/vg0/vm1-disk0
+        change_id: "{{ snap.disks['2000'].change_id }}"
+        expected_generation: "{{ disk0_generation }}"
+      - source_id: "vmware:{{ vm_uuid }}:disk-2001"
+        target: /dev/vg0/vm1-disk1
+        change_id: "{{ snap.disks['2001'].change_id }}"
+        expected_generation: "{{ disk1_generation }}"
+
 - name: First checkpoint of a new replica, kept in PostgreSQL (AWX job runs are ephemeral)
   cbt.toolkit.cbt_checkpoint:
     backend: postgresql
@@ -143,7 +191,7 @@ EXAMPLES = r"""
 RETURN = r"""
 checkpoint:
   description: The stored checkpoint after the task (what would be stored, in check mode); null after O(state=absent).
-  returned: always
+  returned: unless O(records) is given
   type: dict
   contains:
     source_id:
@@ -172,23 +220,69 @@ checkpoint:
       type: dict
 previous:
   description: The checkpoint before the task, or null.
-  returned: always
+  returned: unless O(records) is given
   type: dict
+records:
+  description: With O(records), each record's outcome, in the order given.
+  returned: when O(records) is given
+  type: list
+  elements: dict
+  contains:
+    source_id:
+      description: The source.
+      type: str
+    target:
+      description: The target.
+      type: str
+    changed:
+      description: Whether this checkpoint was advanced (would be, in check mode).
+      type: bool
+    checkpoint:
+      description: The stored checkpoint after the task, with the fields of RV(checkpoint).
+      type: dict
+    previous:
+      description: The checkpoint before the task, or null.
+      type: dict
 backend:
   description: The backend used (without credentials).
   returned: always
   type: str
   sample: "sqlite:/root/.local/state/cbt.toolkit/checkpoints.sqlite"
 current:
-  description: On a conflict, what the store holds (in the failure result).
+  description: On a conflict, what the store holds (in the failure result); null when several records conflict.
   returned: on conflict
   type: dict
+conflicts:
+  description: On a conflict, every record that failed its compare-and-set, with what the store holds.
+  returned: on conflict
+  type: list
+  elements: dict
+  contains:
+    source_id:
+      description: The source.
+      type: str
+    target:
+      description: The target.
+      type: str
+    current:
+      description: What the store holds for it, or null.
+      type: dict
+    msg:
+      description: Why it conflicts.
+      type: str
 """
 
+from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
+    CheckpointError,
+    advance_item,
+    check_batch,
+)
 from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_module import (
     checkpoint_module,
     opened_store,
 )
+
+SINGLE_OPTIONS = ("source_id", "target", "change_id", "expected_previous", "expected_generation", "bytes", "metadata")
 
 
 def _summary(record):
@@ -198,11 +292,46 @@ def _summary(record):
     return dict((k, record.get(k)) for k in keys)
 
 
+def _check_generation(module, value, where):
+    if value is not None and value < 0:
+        module.fail_json(msg="%s must be 0 (no checkpoint yet) or a positive generation, got %d" % (where, value))
+
+
+def _record_items(module):
+    """The records as store items, validated before the store is opened."""
+    items = []
+    for index, rec in enumerate(module.params["records"]):
+        where = "records[%d]" % index
+        _check_generation(module, rec["expected_generation"], where + ".expected_generation")
+        if not rec["change_id"]:
+            module.fail_json(msg="%s.change_id (source %r) must not be empty" % (where, rec["source_id"]))
+        items.append(advance_item(rec["source_id"], rec["target"], rec["change_id"], rec["bytes"], rec["metadata"],
+                                  rec["expected_previous"], rec["expected_generation"]))
+    try:
+        check_batch(items)
+    except CheckpointError as exc:
+        module.fail_json(msg=str(exc))
+    return items
+
+
+def _advance_records(module, store, items):
+    outcomes = store.advance_many(items, force=module.params["force"], check_mode=module.check_mode)
+    records = [{"source_id": item["source_id"], "target": item["target"], "changed": changed, "checkpoint": record,
+                "previous": previous} for item, (changed, record, previous) in zip(items, outcomes)]
+    result = {"changed": any(r["changed"] for r in records), "records": records, "backend": store.describe()}
+    if module._diff:
+        # keyed by source and target: the callback shows a dict as a readable, line-by-line diff
+        keys = ["%s -> %s" % (r["source_id"], r["target"]) for r in records]
+        result["diff"] = {"before": dict((k, _summary(r["previous"])) for k, r in zip(keys, records)),
+                          "after": dict((k, _summary(r["checkpoint"])) for k, r in zip(keys, records))}
+    return result
+
+
 def main():
     module = checkpoint_module(
         dict(
-            source_id=dict(type="str", required=True),
-            target=dict(type="str", required=True),
+            source_id=dict(type="str"),
+            target=dict(type="str"),
             state=dict(type="str", choices=["present", "absent"], default="present"),
             change_id=dict(type="str"),
             expected_previous=dict(type="str"),
@@ -210,13 +339,32 @@ def main():
             force=dict(type="bool", default=False),
             bytes=dict(type="int"),
             metadata=dict(type="dict"),
+            records=dict(type="list", elements="dict", options=dict(
+                source_id=dict(type="str", required=True),
+                target=dict(type="str", required=True),
+                change_id=dict(type="str", required=True),
+                expected_previous=dict(type="str"),
+                expected_generation=dict(type="int"),
+                bytes=dict(type="int"),
+                metadata=dict(type="dict"),
+            )),
         ),
-        required_if=[("state", "present", ("change_id",))],
+        required_if=[("state", "present", ("change_id", "records"), True)],
+        required_one_of=[("source_id", "records")],
+        required_together=[("source_id", "target")],
+        mutually_exclusive=[("records", option) for option in SINGLE_OPTIONS],
     )
     p = module.params
-    if p["expected_generation"] is not None and p["expected_generation"] < 0:
-        module.fail_json(msg="expected_generation must be 0 (no checkpoint yet) or a positive generation, got %d"
-                         % p["expected_generation"])
+    if p["records"] is not None:
+        if p["state"] != "present":
+            module.fail_json(msg="records advances checkpoints (state=present); remove checkpoints one at a time "
+                                 "with source_id and target")
+        if not p["records"]:
+            module.fail_json(msg="records is empty; give at least one checkpoint to advance")
+        items = _record_items(module)
+        with opened_store(module, check_mode=module.check_mode) as store:
+            module.exit_json(**_advance_records(module, store, items))
+    _check_generation(module, p["expected_generation"], "expected_generation")
     if p["state"] == "present" and not p["change_id"]:
         module.fail_json(msg="change_id must not be empty")
     with opened_store(module, check_mode=module.check_mode) as store:

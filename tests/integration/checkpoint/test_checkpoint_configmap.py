@@ -11,6 +11,7 @@ import pytest
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint as cp
 from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_configmap import ConfigMapStore, data_key
+from ansible_collections.cbt.toolkit.tests.unit.plugins.module_utils import checkpoint_scenarios
 
 
 @pytest.fixture
@@ -106,3 +107,23 @@ def test_forbidden_user_gets_an_rbac_hint(kube_cluster, namespace):
     with pytest.raises(cp.CheckpointError) as err:
         store.get("s", "t")
     assert "403" in str(err.value) and "RBAC" in str(err.value)
+
+
+def test_batch_advance_is_all_or_none_and_races(kube_cluster, namespace):
+    ns, api = namespace
+    params = {"kubeconfig": str(kube_cluster.kubeconfig)}
+    checkpoint_scenarios.batch_all_or_none(ConfigMapStore(params, name="batch", namespace=ns))
+    checkpoint_scenarios.batch_race(lambda: ConfigMapStore(params, name="batch-race", namespace=ns))
+    cm = api.read_namespaced_config_map("batch-race", ns)
+    assert {data_key("r:a", "replica"), data_key("r:b", "replica")} <= set(cm.data)
+
+
+def test_module_records(kube_cluster, namespace, run_module):
+    ns, _api = namespace
+    args = {"backend": "configmap", "configmap_namespace": ns, "configmap_name": "cbt-records",
+            "kubeconfig": str(kube_cluster.kubeconfig)}
+    records = [{"source_id": "pvc:prod/db-%d" % i, "target": "dr/db-%d" % i, "change_id": "snap-1"} for i in range(3)]
+    res, run = run_module("cbt_checkpoint", dict(args, records=records))
+    assert res.get("changed") is True and len(res["records"]) == 3, run
+    res, run = run_module("cbt_checkpoint", dict(args, records=records))
+    assert res.get("changed") is False, run

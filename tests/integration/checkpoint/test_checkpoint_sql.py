@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint as cp
 from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_postgres import PostgresStore
+from ansible_collections.cbt.toolkit.tests.unit.plugins.module_utils import checkpoint_scenarios
 from testbed.ansible_run import collections_root
 
 
@@ -187,3 +188,38 @@ def test_postgres_wrong_password_is_explained(postgres, run_module):
                                                   "postgresql_password": "wrong-password"})
     assert res.get("failed") and "cannot connect" in res["msg"], run
     assert "wrong-password" not in run.stdout
+
+
+def test_postgres_batch_advance_is_all_or_none(postgres):
+    store = PostgresStore(postgres.dsn_no_password, password=postgres.password,
+                          table="cp_batch_%s" % uuid.uuid4().hex[:8])
+    try:
+        checkpoint_scenarios.batch_all_or_none(store)
+    finally:
+        store.close()
+
+
+def test_postgres_batch_advances_race_without_deadlock(postgres):
+    """Rows are locked in key order, so batches listing the same records in opposite orders queue
+    instead of deadlocking, and exactly one of them wins."""
+    table = "cp_brace_%s" % uuid.uuid4().hex[:8]
+    PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table).close()
+    checkpoint_scenarios.batch_race(
+        lambda: PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table))
+
+
+def test_module_records_advance_together(store_args, run_module):
+    vm = uuid.uuid4().hex[:6]
+    records = [{"source_id": "vmware:%s:disk-%d" % (vm, key), "target": "/dev/vg0/disk-%d" % key,
+                "change_id": "52 %d/1" % key, "expected_generation": 0, "bytes": key} for key in (2000, 2001)]
+    res, run = run_module("cbt_checkpoint", dict(store_args, records=records), diff=True)
+    assert res.get("changed") is True and [r["checkpoint"]["generation"] for r in res["records"]] == [1, 1], run
+    res, run = run_module("cbt_checkpoint", dict(store_args, records=records))
+    assert res.get("changed") is False and not res.get("failed"), run
+    advanced = [dict(r, change_id="52 %d/2" % r["bytes"], expected_generation=1) for r in records]
+    advanced[1]["expected_generation"] = 0  # a stale start point for the second disk
+    res, run = run_module("cbt_checkpoint", dict(store_args, records=advanced))
+    assert res.get("failed") and res.get("conflict") and len(res["conflicts"]) == 1, run
+    res, run = run_module("cbt_checkpoint_info", dict(store_args, source_id=records[0]["source_id"],
+                                                      target=records[0]["target"]))
+    assert res["checkpoint"]["change_id"] == "52 2000/1", run  # the first disk did not move either

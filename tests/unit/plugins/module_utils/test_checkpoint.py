@@ -14,6 +14,7 @@ import threading
 import pytest
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint as cp
+from ansible_collections.cbt.toolkit.tests.unit.plugins.module_utils import checkpoint_scenarios
 
 
 def rec(change_id, generation):
@@ -158,3 +159,22 @@ def test_open_store_dispatch_and_errors(tmp_path):
     with pytest.raises(cp.CheckpointError) as err:
         cp.open_store({"backend": "configmap"})
     assert "configmap_name" in str(err.value)
+
+
+def test_sqlite_batch_advance_is_all_or_none(store):
+    checkpoint_scenarios.batch_all_or_none(store)
+
+
+def test_sqlite_batch_advances_race(tmp_path):
+    path = str(tmp_path / "race.sqlite")
+    checkpoint_scenarios.batch_race(lambda: cp.SqliteStore(path))
+
+
+def test_sqlite_batch_check_mode_without_a_store(tmp_path):
+    missing = cp.SqliteStore(str(tmp_path / "nope.sqlite"), create=False)
+    outcome = missing.advance_many([checkpoint_scenarios.item("a", "1"), checkpoint_scenarios.item("b", "1")],
+                                   check_mode=True)
+    assert [(changed, rec["generation"]) for changed, rec, _p in outcome] == [(True, 1), (True, 1)]
+    with pytest.raises(cp.ConflictError):
+        missing.advance_many([checkpoint_scenarios.item("a", "1", expected_previous="0")], check_mode=True)
+    assert not os.path.exists(tmp_path / "nope.sqlite")

@@ -68,3 +68,54 @@ def test_missing_psycopg_is_reported(tmp_path, monkeypatch):
     res = run(cbt_checkpoint, {"source_id": "s", "target": "t", "change_id": "c", "backend": "postgresql",
                                "postgresql_dsn": "host=127.0.0.1 password=hunter2"}, FailJson)
     assert "psycopg" in res["msg"] and "hunter2" not in str(res)
+
+
+def test_records_advance_together(tmp_path):
+    db = str(tmp_path / "cp.sqlite")
+    records = [{"source_id": "vmware:4211-aa:disk-2000", "target": "/t/0", "change_id": "52 1/1",
+                "expected_generation": 0, "bytes": 5, "metadata": {"round": 1}},
+               {"source_id": "vmware:4211-aa:disk-2001", "target": "/t/1", "change_id": "52 2/1",
+                "expected_generation": 0}]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": records, "_ansible_check_mode": True})
+    assert res["changed"] and [r["checkpoint"]["generation"] for r in res["records"]] == [1, 1]
+    assert not os.path.exists(db)
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": records, "_ansible_diff": True})
+    assert res["changed"] and [r["changed"] for r in res["records"]] == [True, True]
+    assert res["records"][0]["checkpoint"]["metadata"] == {"round": 1} and res["records"][0]["previous"] is None
+    assert res["diff"]["before"]["vmware:4211-aa:disk-2001 -> /t/1"] == {}
+    assert res["diff"]["after"]["vmware:4211-aa:disk-2001 -> /t/1"]["change_id"] == "52 2/1"
+    assert "checkpoint" not in res
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": records})
+    assert res["changed"] is False and [r["changed"] for r in res["records"]] == [False, False]
+
+    stale = [dict(records[0], change_id="52 1/2", expected_generation=1),
+             dict(records[1], change_id="52 2/2", expected_generation=0)]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": stale}, FailJson)
+    assert res["conflict"] and "1 of 2 checkpoint records conflict, so none was advanced" in res["msg"]
+    assert [(c["source_id"], c["current"]["change_id"]) for c in res["conflicts"]] == [
+        ("vmware:4211-aa:disk-2001", "52 2/1")]
+    res = run(cbt_checkpoint_info, {"sqlite_path": db})
+    assert [c["change_id"] for c in res["checkpoints"]] == ["52 1/1", "52 2/1"]
+
+
+def test_records_argument_errors(tmp_path):
+    db = str(tmp_path / "cp.sqlite")
+    one = {"source_id": "s", "target": "t", "change_id": "c"}
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [one], "source_id": "s", "target": "t"}, FailJson)
+    assert "mutually exclusive" in res["msg"] and "records" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [one], "state": "absent"}, FailJson)
+    assert "one at a time" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [one, dict(one, change_id="d")]}, FailJson)
+    assert "given twice" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [one, dict(one, target="u", expected_generation=-2)]},
+              FailJson)
+    assert "records[1].expected_generation must be 0" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [dict(one, change_id="")]}, FailJson)
+    assert "records[0].change_id" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [{"source_id": "s", "change_id": "c"}]}, FailJson)
+    assert "target" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": []}, FailJson)
+    assert "records is empty" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "source_id": "s", "change_id": "c"}, FailJson)
+    assert "target" in res["msg"]
+    assert not os.path.exists(db)  # nothing was opened or created for bad input
