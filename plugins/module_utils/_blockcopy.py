@@ -60,6 +60,9 @@ DIGEST_BLOCK = 4 * MiB
 WRITE_BEHIND = 16 * MiB
 COMMIT_INTERVAL = 5.0
 COMMIT_BYTES = 1024 * MiB
+# each commit reads back up to this much of one of its last few finished ranges as a witness of the target
+WITNESS_LENGTH = 64 * 1024
+WITNESS_TRIES = 4
 MODES = ("extents", "allocated", "all", "compare")
 PLAN_VERSION = 1
 
@@ -561,13 +564,21 @@ class Engine(object):
             thread.daemon = True
             thread.start()
             threads.append(thread)
-        while True:
-            self._wake.clear()  # before the check: a worker that ends after it wakes the wait below
-            if not [t for t in threads if t.is_alive()]:
-                break
-            self._wake.wait(0.2)
-            if progress is not None and self.error is None:
-                progress()
+        try:
+            while True:
+                self._wake.clear()  # before the check: a worker that ends after it wakes the wait below
+                if not [t for t in threads if t.is_alive()]:
+                    break
+                self._wake.wait(0.2)
+                if progress is not None and self.error is None:
+                    progress()
+        except BaseException:
+            # a failed commit (flush or state write) or an interruption: no worker may go on writing, and
+            # none may still use an endpoint when the caller closes it
+            self.stop.set()
+            for thread in threads:
+                thread.join()
+            raise
         for thread in threads:
             thread.join()
         if self.error is not None:
@@ -588,6 +599,7 @@ class Engine(object):
             self._pending = 0
         self.dst.flush()
         self.state.add_done(taken)
+        self._add_witness(taken)
         if complete:
             self.state.status = "complete"
         if save:
@@ -723,6 +735,11 @@ class Engine(object):
         return hasher.combine(bytes(digests))
 
     # -- main ------------------------------------------------------------------------------------
+    def target_changed(self):
+        """Whether this run wrote to the target (or created it) so far."""
+        created = self.dest_created and self.dst is not None and bool(getattr(self.dst, "created", False))
+        return created or any(s.written or s.zeroed for s in self.stats)
+
     def run(self):
         started = time.time()
         req = self.req
@@ -730,6 +747,10 @@ class Engine(object):
         self.mode = mode
         try:
             return self._run(mode, started)
+        except Exception as exc:
+            # a failed run may already have written: the module reports changed from this
+            exc.target_changed = self.target_changed()
+            raise
         finally:
             self._close_sessions()
             if self.dst is not None:
@@ -777,7 +798,7 @@ class Engine(object):
         old = None
         old_data = read_json(files.state)
         if old_data is not None and old_data.get("target_fingerprint") == target_fp:
-            old = ResumeState.from_dict(files, old_data)
+            old = self._trusted_state(ResumeState.from_dict(files, old_data), plan_id)
 
         if req.check_mode:
             return self._check_mode_result(mode, copy, zero, old, plan_id, started)
@@ -796,6 +817,45 @@ class Engine(object):
             return self._locked_run(mode, copy, zero, old, plan_id, files, target_fp, started)
         finally:
             lock.release()
+
+    def _trusted_state(self, old, plan_id):
+        """``old``, unless what it records can no longer be trusted (then None, with a warning):
+
+        * a sample of the target it recorded (``witnesses``) reads differently now: the target was
+          re-created or written by something else since, even though path and inode match;
+        * it is an unfinished run of this plan from an NBD export or a block device without ``sync_id``:
+          nothing shows that the source still serves the same data (a file's mtime is in the plan).
+        """
+        req = self.req
+        if old.plan_id == plan_id and old.status != "complete" and old.done and self.src.kind != "file" \
+                and not req.sync_id and req.resume == "auto":
+            self.warn("an unfinished run copied %d bytes of this plan from %s, but an NBD export or block device "
+                      "cannot show that it still serves the same data; copying everything again. Set sync_id to "
+                      "the snapshot's identity (changeId, snapshot id) to resume such runs"
+                      % (extlib.total_bytes(old.done), req.src))
+            return None
+        if self.dst is None:
+            return old
+        buf = bytearray(max([w[1] for w in old.witnesses] or [0]))
+        for off, length, want in old.witnesses:
+            if extlib.subtract([(off, length)], old.done):
+                continue  # no longer recorded as done (a verification mismatch): nothing to compare
+            if hashlib.sha256(self.dst.read(off, length, buf)).hexdigest() != want:
+                self.warn("target %s no longer holds what its resume state %s recorded: %d bytes at offset %d "
+                          "read back after an earlier flush differ now (the target was re-created or written by "
+                          "something else). The saved progress is ignored and the whole plan is copied"
+                          % (req.dest, old.files.state, length, off))
+                return None
+        return old
+
+    def _add_witness(self, taken):
+        """Sample a finished data range of this commit, read back from the target after its flush."""
+        buf = bytearray(WITNESS_LENGTH)
+        for off, length in reversed(taken[-WITNESS_TRIES:]):
+            data = self.dst.read(off, min(length, WITNESS_LENGTH), buf)
+            if not self.zero.startswith(data):  # zeros prove nothing: a re-created target reads as zeros
+                self.state.add_witness(off, len(data), hashlib.sha256(data).hexdigest())
+                return
 
     def _resume_decision(self, copy, zero, old, plan_id, files):
         """Return the ranges already done, or raise when an unfinished, uncovered run is in the way."""

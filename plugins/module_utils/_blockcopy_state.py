@@ -27,6 +27,8 @@ from ansible_collections.cbt.toolkit.plugins.module_utils import extents as extl
 from ansible_collections.cbt.toolkit.plugins.module_utils._blockcopy_io import BlockCopyError
 
 STATE_VERSION = 1
+# how many samples of the target a resume state keeps (see ResumeState.witnesses)
+WITNESSES = 8
 
 
 class LockError(BlockCopyError):
@@ -211,6 +213,13 @@ class ResumeState(object):
         self.done = []
         self.status = "running"
         self.created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # [offset, length, sha256] of small samples of finished data ranges, read back from the target
+        # after a flush: a resumed run checks them first, so a target re-created or rewritten since (same
+        # path, inode or device number) is not taken for the one this state describes
+        self.witnesses = []
+
+    def add_witness(self, offset, length, digest):
+        self.witnesses = (self.witnesses + [[offset, length, digest]])[-WITNESSES:]
 
     def to_dict(self):
         data = dict(self.meta)
@@ -223,6 +232,7 @@ class ResumeState(object):
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "done": [[o, n] for o, n in self.done],
             "done_bytes": extlib.total_bytes(self.done),
+            "witnesses": self.witnesses,
         })
         return data
 
@@ -238,10 +248,11 @@ class ResumeState(object):
         state = cls(files, data.get("plan_id"), data.get("target_fingerprint"), {
             k: v for k, v in data.items()
             if k not in ("version", "plan_id", "target_fingerprint", "status", "created", "updated", "done",
-                         "done_bytes")})
+                         "done_bytes", "witnesses")})
         state.status = data.get("status", "running")
         state.created = data.get("created", state.created)
         state.done = extlib.normalize([(int(o), int(n)) for o, n in data.get("done", [])])
+        state.witnesses = [[int(w[0]), int(w[1]), str(w[2])] for w in data.get("witnesses", [])][-WITNESSES:]
         return state
 
 

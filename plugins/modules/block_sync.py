@@ -157,6 +157,13 @@ options:
     description:
       - V(auto) continues an unfinished run of the same plan (same source, target, mode and extents) and refuses
         to start when an unfinished run of a different plan left ranges this run does not cover.
+      - Saved progress is only trusted while the target still holds it - each commit reads back a small sample
+        of what it finished, and a re-run compares those samples first. A target re-created or written by
+        something else since (even at the same path, inode or device number) is copied whole again, with a
+        warning.
+      - From an NBD export or a block device, an unfinished run is only continued with O(sync_id) - nothing else
+        shows that the same URL or device still serves the same snapshot (a regular file's modification time is
+        part of the plan). Without it the run copies everything again, with a warning.
       - V(restart) ignores any saved progress and copies the whole plan (with a warning about uncovered ranges).
     type: str
     choices: [auto, restart]
@@ -177,6 +184,7 @@ options:
       - An identifier of this change point, for example the VMware changeId or the CSI snapshot id.
       - When a previous run with the same O(sync_id), source, target, mode and extents completed, the task does
         nothing and reports RV(already_complete=true) and C(changed=false). Without it, every run copies again.
+      - Give it whenever the source is an NBD export or a block device, so that an interrupted run can resume.
     type: str
   request_size:
     description:
@@ -208,6 +216,7 @@ EXAMPLES = r"""
     mode: allocated
     dest_is_zero: true
     verify: true
+    sync_id: "{{ migration_snapshot_moid }}"  # lets an interrupted run resume from the export
   vars:
     ansible_python_interpreter: /usr/bin/python3
 
@@ -226,6 +235,7 @@ EXAMPLES = r"""
   cbt.toolkit.block_sync:
     src: nbd://127.0.0.1:10809/disk0
     dest: /var/lib/images/vm1.raw
+    sync_id: "{{ change_id }}"
     extents:
       - {offset: 0, length: 1048576}
       - {offset: 73400320, length: 65536}
@@ -575,10 +585,11 @@ def main():
                                  or result.get("dest_created"))
         module.fail_json(**result)
     except BlockCopyError as exc:
-        module.fail_json(msg=str(exc), source=p["src"], target=p["dest"])
+        module.fail_json(msg=str(exc), source=p["src"], target=p["dest"],
+                         changed=getattr(exc, "target_changed", False))
     except Exception as exc:  # pylint: disable=broad-except
         module.fail_json(msg="block_sync from %s to %s failed unexpectedly: %s" % (p["src"], p["dest"], exc),
-                         exception=traceback.format_exc())
+                         exception=traceback.format_exc(), changed=getattr(exc, "target_changed", False))
     if module._diff:
         result["diff"] = _diff(result, module.check_mode)
     module.exit_json(**result)

@@ -72,6 +72,8 @@ def test_kill_minus_nine_then_resume(images, endpoints):
         if mode == "extents":
             kwargs["extents"] = [[0, SIZE]]
             kwargs["mode"] = None
+        if source == nbd_src:
+            kwargs["sync_id"] = "snap-%d" % trial  # an NBD export resumes only with the snapshot's identity
         kills = 2 if trial % 5 == 4 else 1
         for _kill in range(kills):
             proc = start(kwargs)

@@ -7,10 +7,13 @@ verification, compare mode. Drives the engine directly (the module runs are in t
 
 import itertools
 import os
+import time
 
 import pytest
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy as bc
+from ansible_collections.cbt.toolkit.plugins.module_utils import _blockcopy_io as bio
+from testbed.nbd import NbdExport
 
 from blocksync_helpers import KINDS, KiB, MiB, make_image, read_range, sha_of  # pylint: disable=import-error
 
@@ -105,3 +108,53 @@ def test_workers_share_a_connection_without_multi_conn(workdir, endpoints, src_k
                   commit_bytes=4 * MiB)
     assert result["workers"] == 4 and result["verification"]["passed"]
     assert sha_of(dst_img, size) == sha_of(src_img, size)
+
+
+def _interrupt_nbd_run_at(workdir, uri, dst, stop_at, **kw):
+    """A run from an NBD source that fails at ``stop_at`` after committing what came before."""
+    real_read = bio.NbdEndpoint.read
+
+    def failing(self, offset, length, buf):
+        if offset >= stop_at:
+            time.sleep(0.5)  # let the main thread commit what is finished
+            raise bio.ReadError(self.name, offset, length, OSError(5, "simulated"))
+        return real_read(self, offset, length, buf)
+
+    bio.NbdEndpoint.read = failing
+    try:
+        with pytest.raises(bio.ReadError):
+            sync(workdir, uri, dst, mode="all", request_size=MiB, workers=1, commit_bytes=MiB, **kw)
+    finally:
+        bio.NbdEndpoint.read = real_read
+
+
+@pytest.mark.parametrize("sync_id", [None, "snap-2"], ids=["no-sync-id", "sync-id"])
+def test_an_nbd_source_resumes_only_with_its_snapshot_identity(workdir, sync_id):
+    """A killed run from an NBD export, then the same URL serving another snapshot: without sync_id
+    the saved progress is not trusted and everything is copied from the new snapshot; with the
+    snapshot's sync_id (the same snapshot served again) the run resumes."""
+    snap1 = make_image(workdir / "snap1.img", SIZE, seed=21, layout="d")
+    snap2 = make_image(workdir / "snap2.img", SIZE, seed=21, layout="d")
+    change_source(snap2)  # differs from snap1 inside the range the first run finishes
+    dst = make_image(workdir / "dst.img", SIZE, seed=22, layout="d")
+    served = snap1 if sync_id is None else snap2
+    export = NbdExport.nbdkit(str(served), readonly=True, name="same-url", verbose=False).start()
+    uri = export.uri
+    try:
+        _interrupt_nbd_run_at(workdir, uri, str(dst), 4 * MiB, sync_id=sync_id)
+    finally:
+        export.stop()
+    export = NbdExport.nbdkit(str(snap2), readonly=True, name="same-url", verbose=False).start()
+    try:
+        assert export.uri == uri
+        warnings = []
+        result = bc.run_sync(bc.SyncRequest(uri, str(dst), mode="all", request_size=MiB, workers=1,
+                                            state_dir=str(workdir / "state"), sync_id=sync_id),
+                             warn=warnings.append)
+    finally:
+        export.stop()
+    if sync_id is None:
+        assert result["resumed"] is False and any("cannot show that it still serves" in w for w in warnings)
+    else:
+        assert result["resumed"] is True and result["bytes_resumed"] >= 3 * MiB and not warnings
+    assert sha_of(dst, SIZE) == sha_of(snap2, SIZE)

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import subprocess
+import threading
 import time
 
 import pytest
@@ -499,11 +500,13 @@ def test_verify_detects_a_target_that_does_not_keep_data(tmp_path, images, monke
 
 
 def _record_target_reads(monkeypatch, dst):
+    """Reads of the target by the workers (copy and verification); the witness samples the main thread
+    reads back at commits and before a resume are not counted."""
     reads = []
     real_read = bio.LocalEndpoint.read
 
     def recording(self, offset, length, buf):
-        if self.path == str(dst):
+        if self.path == str(dst) and threading.current_thread().name.startswith("block_sync-"):
             reads.append((offset, length))
         return real_read(self, offset, length, buf)
 
@@ -575,3 +578,98 @@ def test_pieces_cover_remaining_ranges_exactly():
     full = [p for p in pieces if p[5]]
     assert all(p[2] == 4 * MiB or p[0] + p[2] in (10 * MiB, 23 * MiB) for p in full)
     assert (4 * MiB, bc.COPY, 4 * MiB, 0, 1, True) in pieces
+
+
+def test_failed_commit_stops_every_worker_before_the_run_fails(tmp_path, images, monkeypatch):
+    """A periodic commit that fails (here: the state folder is full) ends the run only after every
+    worker has stopped: none goes on writing, none uses an endpoint the run then closes."""
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    real_read = bio.LocalEndpoint.read
+    real_save = bst.ResumeState.save
+    saves = []
+
+    def slow_read(self, offset, length, buf):
+        time.sleep(0.05)
+        return real_read(self, offset, length, buf)
+
+    def failing_save(self):
+        saves.append(self.status)
+        if len(saves) > 1:  # the first save marks the run as running; the next one is a commit
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self)
+
+    monkeypatch.setattr(bio.LocalEndpoint, "read", slow_read)
+    monkeypatch.setattr(bst.ResumeState, "save", failing_save)
+    engine = bc.Engine(bc.SyncRequest(str(src), str(dst), mode="all", state_dir=str(tmp_path / "state"),
+                                      request_size=256 * KiB, workers=3, commit_bytes=512 * KiB))
+    with pytest.raises(OSError) as err:
+        engine.run()
+    assert err.value.errno == errno.ENOSPC
+    assert engine.stop.is_set()
+    assert not [t for t in threading.enumerate() if t.name.startswith("block_sync-")]
+    assert engine.error is None  # no worker failed on an endpoint closed under it
+    assert err.value.target_changed is True  # pieces were written before the commit failed
+    done = sum(s.done for s in engine.stats)
+    time.sleep(0.2)
+    assert sum(s.done for s in engine.stats) == done
+
+
+def test_failed_run_before_any_write_reports_no_change(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+
+    def failing(self, offset, length, buf):
+        raise bio.ReadError(self.name, offset, length, OSError(errno.EIO, "Input/output error"))
+
+    monkeypatch.setattr(bio.LocalEndpoint, "read", failing)
+    with pytest.raises(bio.ReadError) as err:
+        sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=2)
+    assert err.value.target_changed is False
+
+
+def _recreate_in_place(path):
+    """What 'qemu-img create' or 'truncate -s 0' + grow does: same path, same inode, all zeros."""
+    inode = os.stat(path).st_ino
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        f.truncate(0)
+        f.truncate(size)
+    assert os.stat(path).st_ino == inode
+
+
+def test_a_target_recreated_in_place_is_not_resumed(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5, layout="d")
+    _interrupted_at_6_mib(tmp_path, src, dst, monkeypatch)
+    state = json.loads(open(_state_file(tmp_path)).read())
+    assert state["witnesses"] and extlib.total_bytes(state["done"]) >= 5 * MiB
+    _recreate_in_place(dst)
+    result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1)
+    assert result["resumed"] is False and result["bytes_resumed"] == 0
+    assert any("no longer holds what its resume state" in w for w in result["_warnings"]), result["_warnings"]
+    assert digest(src) == digest(dst)
+
+
+def test_a_completed_sync_id_on_a_recreated_target_copies_again(tmp_path, images):
+    src, dst = images
+    result = sync(tmp_path, src, dst, mode="allocated", sync_id="snap-7")
+    assert result["changed"] and json.loads(open(_state_file(tmp_path)).read())["witnesses"]
+    assert sync(tmp_path, src, dst, mode="allocated", sync_id="snap-7")["already_complete"] is True
+    _recreate_in_place(dst)
+    result = sync(tmp_path, src, dst, mode="allocated", sync_id="snap-7")
+    assert result["already_complete"] is False and result["bytes_written"] > 0
+    assert digest(src) == digest(dst)
+
+
+def test_witnesses_are_data_read_back_after_a_flush(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=2, commit_bytes=MiB)
+    witnesses = json.loads(open(_state_file(tmp_path)).read())["witnesses"]
+    assert 1 <= len(witnesses) <= bst.WITNESSES
+    with open(src, "rb") as f:
+        for off, length, want in witnesses:
+            f.seek(off)
+            data = f.read(length)
+            assert length == bc.WITNESS_LENGTH and data != bytes(length)  # never a zero sample
+            assert hashlib.sha256(data).hexdigest() == want

@@ -59,6 +59,21 @@ def test_nothing_to_copy_and_checksum_file_need_options(tmp_path, src):
 def test_validation_errors_fail_cleanly(tmp_path, src):
     res = run({"src": src, "dest": src, "mode": "all", "state_dir": str(tmp_path / "st")}, FailJson)
     assert "are the same" in res["msg"] and "exception" not in res
+    assert res["changed"] is False
+
+
+def test_a_run_failing_after_writes_reports_changed(tmp_path, src, monkeypatch):
+    real_read = bio.LocalEndpoint.read
+
+    def failing(self, offset, length, buf):
+        if offset >= 2 * MiB:
+            raise bio.ReadError(self.name, offset, length, OSError(5, "Input/output error"))
+        return real_read(self, offset, length, buf)
+
+    monkeypatch.setattr(bio.LocalEndpoint, "read", failing)
+    res = run({"src": src, "dest": str(tmp_path / "dst.img"), "mode": "all", "request_size": MiB, "workers": 1,
+               "state_dir": str(tmp_path / "st")}, FailJson)
+    assert "offset %d" % (2 * MiB) in res["msg"] and res["changed"] is True
 
 
 def test_missing_nbd_binding(tmp_path, src, monkeypatch):
