@@ -6,7 +6,9 @@
 A checkpoint is the last verified change point (VMware changeId, CSI snapshot id or handle) that a
 target holds for one source, keyed by ``(source_id, target)``. Advancing it is a compare-and-set
 on the previous value, so two pipelines cannot both advance from the same point; every change is
-appended to a history for audit.
+appended to a history for audit. Generations of a key keep increasing across deletes: a checkpoint
+created after a delete continues from the highest generation in the key's history, so an
+``expected_generation`` read before the delete cannot match the new checkpoint.
 
 Backends: SQLite (standard library, the default), PostgreSQL (psycopg 3 or psycopg2) and a
 Kubernetes ConfigMap. This file holds the shared decision logic, the SQL backend core and SQLite.
@@ -118,13 +120,15 @@ def check_delete(current, source_id, target, expected_previous=None, expected_ge
     return True
 
 
-def new_record(current, source_id, target, change_id, bytes_, metadata):
+def new_record(current, source_id, target, change_id, bytes_, metadata, last_generation=0):
+    """The record that follows ``current``; with nothing stored it follows ``last_generation``, the
+    highest generation in the key's history (0 if the key never had a checkpoint)."""
     return {
         "source_id": source_id,
         "target": target,
         "change_id": change_id,
         "previous_change_id": current["change_id"] if current is not None else None,
-        "generation": (current["generation"] if current is not None else 0) + 1,
+        "generation": (current["generation"] if current is not None else last_generation) + 1,
         "bytes": bytes_,
         "updated_at": now_iso(),
         "metadata": dict(metadata or {}),
@@ -152,15 +156,18 @@ def check_batch(items):
         seen.add(key)
 
 
-def decide_batch(currents, items, force=False):
+def decide_batch(currents, items, force=False, last_generations=None):
     """Decide every record of a batch against what is stored (``currents``, in the same order).
 
     Returns ``[(action, record or None, current)]``; raises one ``ConflictError`` naming every
     record whose compare-and-set fails, so a batch advances all of its records or none.
+    ``last_generations`` (in the same order, 0 when not given) holds the highest generation in each
+    key's history; a record of a key with nothing stored continues from it.
     """
     decisions = []
     conflicts = []
-    for item, current in zip(items, currents):
+    last_generations = last_generations or [0] * len(items)
+    for item, current, last_generation in zip(items, currents, last_generations):
         try:
             action = decide_advance(current, item["source_id"], item["target"], item["change_id"],
                                     item["expected_previous"], item["expected_generation"], force)
@@ -169,7 +176,8 @@ def decide_batch(currents, items, force=False):
                               "msg": str(exc)})
             continue
         record = None if action == "unchanged" else new_record(
-            current, item["source_id"], item["target"], item["change_id"], item["bytes"], item["metadata"])
+            current, item["source_id"], item["target"], item["change_id"], item["bytes"], item["metadata"],
+            last_generation)
         decisions.append((action, record, current))
     if conflicts:
         if len(items) == 1:
@@ -340,9 +348,16 @@ class SqlStore(Store):
              record["generation"], record["bytes"], self._encode_time(record["updated_at"]),
              self._encode_meta(record["metadata"])))
 
+    def _last_generation(self, cur, source_id, target):
+        """The highest generation in the key's history (0 if it never had a checkpoint)."""
+        cur.execute(self._q("SELECT COALESCE(MAX(generation), 0) FROM %s WHERE source_id = ? AND target = ?"
+                            % self.history_table), (source_id, target))
+        return int(cur.fetchone()[0])
+
     def advance_many(self, items, force=False, check_mode=False):
         """One transaction: every row is read for update (in key order, so two batches cannot deadlock),
-        every record decided, then written with its history event."""
+        with the key's last generation when no row is stored, every record decided, then written with its
+        history event."""
         check_batch(items)
         order = sorted(range(len(items)), key=lambda i: (items[i]["source_id"], items[i]["target"]))
         for attempt in range(3):
@@ -350,11 +365,14 @@ class SqlStore(Store):
             try:
                 self._begin_write(cur)
                 currents = [None] * len(items)
+                last_generations = [0] * len(items)
                 for i in order:
-                    cur.execute(self._select_current_sql() + self._for_update(),
-                                (items[i]["source_id"], items[i]["target"]))
+                    key = (items[i]["source_id"], items[i]["target"])
+                    cur.execute(self._select_current_sql() + self._for_update(), key)
                     currents[i] = self._row(cur.fetchone())
-                decisions = decide_batch(currents, items, force)
+                    if currents[i] is None:
+                        last_generations[i] = self._last_generation(cur, *key)
+                decisions = decide_batch(currents, items, force, last_generations)
                 if check_mode or all(action == "unchanged" for action, _r, _c in decisions):
                     self.conn.rollback()
                     return batch_result(decisions)
@@ -385,6 +403,10 @@ class SqlStore(Store):
                 "updated_at, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % self.table),
                 (record["source_id"], record["target"], record["change_id"], None, record["generation"],
                  record["bytes"], self._encode_time(record["updated_at"]), self._encode_meta(record["metadata"])))
+            # there was no row to lock, so (on PostgreSQL) a checkpoint of this key may have been created
+            # and deleted since its last generation was read; from here on the inserted row holds the key
+            if self._last_generation(cur, record["source_id"], record["target"]) >= record["generation"]:
+                return False
         else:
             cur.execute(self._q(
                 "UPDATE %s SET change_id = ?, previous_change_id = ?, generation = ?, bytes = ?, "
@@ -524,6 +546,10 @@ class SqliteStore(SqlStore):
         except sqlite3.Error as exc:
             raise CheckpointError("%s in the SQLite checkpoint store %s failed: %s" % (what, self.path, exc))
 
+    def _ready(self):
+        """Whether the store file exists and holds the tables (a file that is no SQLite database fails)."""
+        return self.conn is not None and self._guard(self._has_tables, "reading")
+
     def _has_tables(self):
         cur = self.conn.cursor()
         try:
@@ -533,22 +559,22 @@ class SqliteStore(SqlStore):
             cur.close()
 
     def get(self, source_id, target):
-        if self.conn is None or not self._has_tables():
+        if not self._ready():
             return None
         return self._guard(lambda: SqlStore.get(self, source_id, target), "reading")
 
     def list(self, source_id=None, target=None):
-        if self.conn is None or not self._has_tables():
+        if not self._ready():
             return []
         return self._guard(lambda: SqlStore.list(self, source_id, target), "reading")
 
     def history(self, source_id, target, limit=20):
-        if self.conn is None or not self._has_tables():
+        if not self._ready():
             return []
         return self._guard(lambda: SqlStore.history(self, source_id, target, limit), "reading")
 
     def advance_many(self, items, force=False, check_mode=False):
-        if self.conn is None or not self._has_tables():
+        if not self._ready():
             if not check_mode:
                 raise CheckpointError("the SQLite checkpoint store %s is not initialised" % self.path)
             check_batch(items)
@@ -556,7 +582,7 @@ class SqliteStore(SqlStore):
         return self._guard(lambda: SqlStore.advance_many(self, items, force, check_mode), "advancing")
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
-        if self.conn is None or not self._has_tables():
+        if not self._ready():
             return False, None
         return self._guard(lambda: SqlStore.delete(
             self, source_id, target, expected_previous, expected_generation, check_mode), "deleting")

@@ -7,7 +7,9 @@ One ConfigMap holds the checkpoints of many sources. Each ``(source_id, target)`
 (``cp-<hash>``) holding JSON ``{"source_id", "target", "current", "history"}``. Writes replace the
 ConfigMap with the ``resourceVersion`` that was read, so the API server rejects a write based on a
 stale read (HTTP 409); the store then reads again and re-checks the compare-and-set. ConfigMaps are
-limited to 1 MiB, so only the newest ``history_limit`` events are kept per key.
+limited to 1 MiB, so only the newest ``history_limit`` events are kept per key. A delete leaves the
+entry with ``current`` null and its history; the next checkpoint of the key continues from the highest
+generation in that history (the newest event, which trimming keeps).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -141,6 +143,11 @@ class ConfigMapStore(Store):
         events = list(reversed(self._entry(data, source_id, target)["history"]))
         return events[:limit] if limit else events
 
+    @staticmethod
+    def _last_generation(entry):
+        """The highest generation in the entry's history (0 if the key never had a checkpoint)."""
+        return max([event.get("generation") or 0 for event in entry["history"]] + [0])
+
     def _event(self, action, record, previous_change_id):
         return {"action": action, "change_id": record["change_id"], "previous_change_id": previous_change_id,
                 "generation": record["generation"], "bytes": record.get("bytes"),
@@ -158,7 +165,8 @@ class ConfigMapStore(Store):
         for _attempt in range(MAX_ATTEMPTS):
             cm, data = self._read()
             entries = [self._entry(data, item["source_id"], item["target"]) for item in items]
-            decisions = decide_batch([entry["current"] for entry in entries], items, force)
+            decisions = decide_batch([entry["current"] for entry in entries], items, force,
+                                     [self._last_generation(entry) for entry in entries])
             if check_mode or all(action == "unchanged" for action, _r, _c in decisions):
                 return batch_result(decisions)
             for entry, (action, record, _current) in zip(entries, decisions):

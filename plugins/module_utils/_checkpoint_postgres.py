@@ -6,7 +6,9 @@
 The advance runs in one transaction: ``SELECT ... FOR UPDATE`` on the row, the decision, an
 ``UPDATE ... WHERE generation = <read generation>`` (or an ``INSERT`` that a concurrent first
 insert turns into a unique violation, which is retried and then reported as a conflict), and the
-history row.
+history row. With no row stored there is nothing to lock: the generation of the ``INSERT`` follows
+the highest one in the key's history, which is read again after the ``INSERT`` (a checkpoint created
+and deleted meanwhile makes the store decide again).
 """
 
 from __future__ import absolute_import, division, print_function

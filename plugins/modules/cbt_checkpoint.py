@@ -62,6 +62,9 @@ options:
       - V(present) records O(change_id) as the current change point (advance).
       - V(absent) removes the current checkpoint (the history keeps a C(delete) event), for example to force
         the next sync to be a full one.
+      - The generation does not start again after V(absent) - the next checkpoint of the key continues from its
+        highest generation, so an O(expected_generation) read before the removal never matches a checkpoint
+        created after it.
     type: str
     choices: [present, absent]
     default: present
@@ -76,8 +79,8 @@ options:
     type: str
   expected_generation:
     description:
-      - The generation the sync started from; V(0) means no checkpoint exists yet. Can be combined with
-        O(expected_previous).
+      - The generation the sync started from; V(0) means no checkpoint exists (none was created yet, or it was
+        removed with O(state=absent)). Can be combined with O(expected_previous).
       - Without O(expected_previous) and O(expected_generation) only a first checkpoint can be created.
     type: int
   force:
@@ -207,7 +210,7 @@ checkpoint:
       description: The change point before it.
       type: str
     generation:
-      description: Counts advances, starting at 1.
+      description: Counts the advances of the key, starting at 1; it keeps counting after O(state=absent).
       type: int
     bytes:
       description: Bytes copied to reach it, as given.

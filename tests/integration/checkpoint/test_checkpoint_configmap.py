@@ -98,6 +98,10 @@ def test_history_limit_and_delete(kube_cluster, namespace):
     assert [h["change_id"] for h in history] == ["c5", "c4", "c3"]
     assert store.delete("s", "t", expected_previous="c5")[0] is True
     assert store.get("s", "t") is None and store.history("s", "t", limit=1)[0]["action"] == "delete"
+    # the trimmed history still holds the newest generation, so the next checkpoint continues from it
+    assert store.advance("s", "t", "c6", expected_generation=0)[1]["generation"] == 7
+    assert [(h["action"], h["generation"]) for h in store.history("s", "t", limit=0)] == [
+        ("advance", 7), ("delete", 6), ("advance", 6)]
 
 
 def test_forbidden_user_gets_an_rbac_hint(kube_cluster, namespace):
@@ -116,6 +120,12 @@ def test_batch_advance_is_all_or_none_and_races(kube_cluster, namespace):
     checkpoint_scenarios.batch_race(lambda: ConfigMapStore(params, name="batch-race", namespace=ns))
     cm = api.read_namespaced_config_map("batch-race", ns)
     assert {data_key("r:a", "replica"), data_key("r:b", "replica")} <= set(cm.data)
+
+
+def test_generation_continues_after_delete(kube_cluster, namespace):
+    ns, _api = namespace
+    store = ConfigMapStore({"kubeconfig": str(kube_cluster.kubeconfig)}, name="generations", namespace=ns)
+    checkpoint_scenarios.generation_after_delete(store)
 
 
 def test_module_records(kube_cluster, namespace, run_module):

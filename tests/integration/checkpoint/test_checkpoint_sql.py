@@ -199,6 +199,66 @@ def test_postgres_batch_advance_is_all_or_none(postgres):
         store.close()
 
 
+def test_postgres_generation_continues_after_delete(postgres):
+    store = PostgresStore(postgres.dsn_no_password, password=postgres.password,
+                          table="cp_gen_%s" % uuid.uuid4().hex[:8])
+    try:
+        checkpoint_scenarios.generation_after_delete(store)
+    finally:
+        store.close()
+
+
+def test_postgres_generation_is_not_reused_by_a_checkpoint_created_and_deleted_meanwhile(postgres):
+    """No row is locked while a first checkpoint is inserted: another connection creates and deletes
+    a checkpoint of the key between the history read and the insert, and the insert decides again."""
+    table = "cp_gap_%s" % uuid.uuid4().hex[:8]
+
+    def make():
+        return PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
+
+    class Interleaved(PostgresStore):
+        reads = 0
+
+        def _last_generation(self, cur, source_id, target):
+            found = PostgresStore._last_generation(self, cur, source_id, target)
+            self.reads += 1
+            if self.reads == 1:
+                other = make()
+                try:
+                    assert other.advance(source_id, target, "other", expected_generation=0)[1]["generation"] == 2
+                    assert other.delete(source_id, target, expected_previous="other")[0] is True
+                finally:
+                    other.close()
+            return found
+
+    first = make()
+    first.advance("s", "t", "A")
+    first.delete("s", "t", expected_previous="A")
+    first.close()
+    store = Interleaved(postgres.dsn_no_password, password=postgres.password, table=table)
+    try:
+        changed, record, previous = store.advance("s", "t", "C", expected_generation=0)
+        assert changed and previous is None and record["generation"] == 3, record
+        assert store.get("s", "t")["generation"] == 3
+        assert [(h["action"], h["generation"]) for h in store.history("s", "t", limit=0)] == [
+            ("advance", 3), ("delete", 2), ("advance", 2), ("delete", 1), ("advance", 1)]
+    finally:
+        store.close()
+
+
+def test_module_generation_continues_after_absent(store_args, run_module):
+    args = dict(store_args, source_id="pvc:prod/db-%s" % uuid.uuid4().hex[:6], target="dr/db")
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="snap-1", expected_generation=0))
+    assert res.get("changed") is True and res["checkpoint"]["generation"] == 1, run
+    res, run = run_module("cbt_checkpoint", dict(args, state="absent", expected_generation=1))
+    assert res.get("changed") is True and res["checkpoint"] is None, run
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="snap-3", expected_generation=0))
+    assert res.get("changed") is True and res["checkpoint"]["generation"] == 2, run
+    # a pipeline that read generation 1 before the delete
+    res, run = run_module("cbt_checkpoint", dict(args, change_id="snap-2", expected_generation=1))
+    assert res.get("failed") and res.get("conflict") and res["current"]["change_id"] == "snap-3", run
+
+
 def test_postgres_batch_advances_race_without_deadlock(postgres):
     """Rows are locked in key order, so batches listing the same records in opposite orders queue
     instead of deadlocking, and exactly one of them wins."""

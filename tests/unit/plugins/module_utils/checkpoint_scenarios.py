@@ -61,6 +61,44 @@ def batch_all_or_none(store):
     assert "given twice" in str(err.value)
 
 
+def generation_after_delete(store):
+    """Generations of a key keep increasing across deletes: pipeline P1 read generation 1, the
+    checkpoint was deleted and pipeline P2 created a new one; P1's stale ``expected_generation: 1``
+    must not match it. ``expected_generation: 0`` still means that nothing is stored."""
+    source, target = "vm:disk-3000", "replica"
+    assert store.advance(source, target, "A", expected_generation=0)[1]["generation"] == 1
+    assert store.delete(source, target, expected_generation=1)[0] is True
+    changed, record, _prev = store.advance(source, target, "C", expected_generation=0, check_mode=True)
+    assert changed and record["generation"] == 2 and store.get(source, target) is None
+    changed, record, previous = store.advance(source, target, "C", expected_generation=0)  # P2
+    assert changed and previous is None and record["generation"] == 2 and record["previous_change_id"] is None
+
+    with pytest.raises(cp.ConflictError) as err:  # P1, still at generation 1
+        store.advance(source, target, "B", expected_generation=1)
+    assert "expected generation 1" in str(err.value) and err.value.current["change_id"] == "C"
+    with pytest.raises(cp.ConflictError):
+        store.advance(source, target, "B", expected_generation=0)
+    with pytest.raises(cp.ConflictError):
+        store.delete(source, target, expected_generation=1)
+    assert (store.get(source, target)["change_id"], store.get(source, target)["generation"]) == ("C", 2)
+
+    # a batch continues the same way; a key that never had a checkpoint starts at 1
+    assert store.delete(source, target, expected_generation=2)[0] is True
+    outcome = store.advance_many([item(source, "D", expected_generation=0),
+                                  item("vm:disk-3001", "E", expected_generation=0)])
+    assert [(changed, rec["generation"]) for changed, rec, _p in outcome] == [(True, 3), (True, 1)]
+    with pytest.raises(cp.ConflictError):
+        store.advance_many([item(source, "F", expected_generation=2), item("vm:disk-3001", "F", expected_generation=1)])
+    assert store.get("vm:disk-3001", "replica")["change_id"] == "E"
+
+    # without expectations only a first checkpoint may be created, and after a delete it continues too
+    assert store.delete(source, target, expected_previous="D")[0] is True
+    assert store.advance(source, target, "G")[1]["generation"] == 4
+    assert [(h["action"], h["change_id"], h["generation"]) for h in store.history(source, target, limit=0)] == [
+        ("advance", "G", 4), ("delete", "D", 3), ("advance", "D", 3), ("delete", "C", 2), ("advance", "C", 2),
+        ("delete", "A", 1), ("advance", "A", 1)]
+
+
 def batch_race(make_store, contenders=6):
     """Contenders advance the same two checkpoints from the same point, half of them listing the
     records in the other order: exactly one batch wins, whole, and nobody deadlocks."""

@@ -50,6 +50,17 @@ def test_decide_force_and_matching_expectations():
         cp.decide_advance(None, "s", "t", "c2", expected_previous="c1")
 
 
+def test_decide_batch_continues_from_the_last_generation_when_nothing_is_stored():
+    items = [cp.advance_item("s", "t1", "c", expected_generation=0),
+             cp.advance_item("s", "t2", "c", expected_previous="b"), cp.advance_item("s", "t3", "c")]
+    decisions = cp.decide_batch([None, rec("b", 4), None], items, last_generations=[5, 9, 0])
+    assert [(action, record["generation"]) for action, record, _c in decisions] == [
+        ("advance", 6), ("advance", 5), ("advance", 1)]
+    assert [record["generation"] for _a, record, _c in cp.decide_batch([None], items[:1])] == [1]
+    with pytest.raises(cp.ConflictError):  # 0 still means that nothing is stored, whatever the history holds
+        cp.decide_batch([rec("b", 4)], items[:1], last_generations=[0])
+
+
 def test_table_names_are_validated():
     for bad in ("x; drop table y", "1abc", "a.b.c", ""):
         with pytest.raises(cp.CheckpointError):
@@ -84,8 +95,8 @@ def test_sqlite_advance_history_and_delete(store):
     assert changed and previous["generation"] == 2 and store.get("vm:1:2000", "/t") is None
     assert store.history("vm:1:2000", "/t", limit=1)[0]["action"] == "delete"
     assert store.delete("vm:1:2000", "/t") == (False, None)
-    # after a delete the next checkpoint starts again at generation 1
-    assert store.advance("vm:1:2000", "/t", "52 a1/9", expected_generation=0)[1]["generation"] == 1
+    # after a delete the next checkpoint continues from the highest generation of the key's history
+    assert store.advance("vm:1:2000", "/t", "52 a1/9", expected_generation=0)[1]["generation"] == 3
 
 
 def test_sqlite_check_mode_writes_nothing(store, tmp_path):
@@ -145,6 +156,13 @@ def test_sqlite_unreadable_file_is_explained(tmp_path):
         cp.SqliteStore(str(path))
     assert str(path) in str(err.value)
     assert isinstance(err.value.__context__, sqlite3.Error)
+    # read-only and check-mode opens do not create the schema, and still explain the bad file
+    reader = cp.SqliteStore(str(path), create=False)
+    for call in (lambda: reader.get("s", "t"), lambda: reader.list(),
+                 lambda: reader.advance("s", "t", "c", check_mode=True)):
+        with pytest.raises(cp.CheckpointError) as err:
+            call()
+        assert str(path) in str(err.value) and "reading" in str(err.value)
 
 
 def test_open_store_dispatch_and_errors(tmp_path):
@@ -163,6 +181,10 @@ def test_open_store_dispatch_and_errors(tmp_path):
 
 def test_sqlite_batch_advance_is_all_or_none(store):
     checkpoint_scenarios.batch_all_or_none(store)
+
+
+def test_sqlite_generation_continues_after_delete(store):
+    checkpoint_scenarios.generation_after_delete(store)
 
 
 def test_sqlite_batch_advances_race(tmp_path):
