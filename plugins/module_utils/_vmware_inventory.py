@@ -129,19 +129,36 @@ def find_datacenter(client, name):
 
 def normalize_folder(folder, datacenter=None):
     """``/DC0/vm/x``, ``DC0/vm/x``, or with ``datacenter``: ``x``, ``vm/x``, ``/vm/x`` ->
-    ``DC0/vm/x`` (the form FindByInventoryPath wants)."""
+    ``DC0/vm/x`` (the form FindByInventoryPath wants). ``datacenter`` may be the datacenter's own
+    inventory path (``Region1/DC0``: datacenters can sit in folders)."""
     path = "/".join(p for p in folder.strip().split("/") if p)
     if datacenter:
+        datacenter = "/".join(p for p in datacenter.split("/") if p)
+        dc_name = datacenter.rsplit("/", 1)[-1]
+        above = datacenter[:len(datacenter) - len(dc_name)]
         if path == datacenter or path.startswith(datacenter + "/"):
             return path
+        if above and (path == dc_name or path.startswith(dc_name + "/")):
+            return above + path
         if path == "vm" or path.startswith("vm/"):
             return "%s/%s" % (datacenter, path)
         return "%s/vm/%s" % (datacenter, path) if path else "%s/vm" % datacenter
     return path
 
 
-def resolve_folder(client, folder, datacenter=None):
-    path = normalize_folder(folder, datacenter)
+def datacenter_path(client, dc_ref):
+    """Inventory path of a datacenter, without the leading slash (``Region1/DC0`` in a folder)."""
+    tree = entity_tree(client)
+    moid = _moid(dc_ref)
+    return tree.path_of(tree.names.get(moid, moid), tree.parents.get(moid)).lstrip("/")
+
+
+def resolve_folder(client, folder, datacenter=None, dc_ref=None):
+    prefix = None
+    if datacenter:
+        dc_ref = dc_ref if dc_ref is not None else find_datacenter(client, datacenter)
+        prefix = datacenter_path(client, dc_ref)
+    path = normalize_folder(folder, prefix)
     found = client.invoke("looking up folder '%s'" % folder, client.content.searchIndex.FindByInventoryPath, path)
     if found is None or not isinstance(found, (vim.Folder, vim.Datacenter, vim.VirtualApp)):
         hint = "" if datacenter or "/" in path else " (give the full path /<datacenter>/vm/<folder> or set datacenter)"
@@ -168,7 +185,7 @@ def scope_container(client, datacenter=None, folder=None, cluster=None):
     """The inventory object to search below, and a text naming it."""
     dc_ref = find_datacenter(client, datacenter) if datacenter else None
     if folder:
-        return resolve_folder(client, folder, datacenter), "folder '%s'" % folder
+        return resolve_folder(client, folder, datacenter, dc_ref), "folder '%s'" % folder
     if cluster:
         return find_cluster(client, cluster, dc_ref), "cluster '%s'" % cluster
     if dc_ref is not None:
@@ -236,6 +253,11 @@ def find_vm(client, name=None, uuid=None, use_instance_uuid=False, moid=None, da
     finally:
         client.destroy_view(view)
     matches = [r for r in rows if r[1].get("name") == name]
+    if len(matches) > 1 and folder:
+        # the folder names the VM directly in it; VMs of the same name in its subfolders do not compete
+        direct = [r for r in matches if vm_parent_moid(r[1]) == _moid(container)]
+        if len(direct) == 1:
+            matches = direct
     if not matches:
         similar = sorted(r[1].get("name") for r in rows if (r[1].get("name") or "").lower() == name.lower())
         hint = "; did you mean %s?" % ", ".join("'%s'" % s for s in similar) if similar else \

@@ -256,3 +256,39 @@ def test_fast_reader_gives_exactly_what_pyvmomi_gives(own_vcsim, vsphere):
         assert sorted(props["name"] for _obj, props, _missing in rows) == sorted(vm.name for vm in vsphere.vms())
     finally:
         client.close()
+
+
+def _vm_in(vsphere, folder, name):
+    dc = [e for e in vsphere.content.rootFolder.childEntity if isinstance(e, vsphere.vim.Datacenter)][0]
+    view = vsphere.content.viewManager.CreateContainerView(dc, [vsphere.vim.HostSystem], True)
+    host = view.view[0]
+    view.DestroyView()
+    spec = vsphere.vim.vm.ConfigSpec(name=name, guestId="otherGuest", numCPUs=1, memoryMB=64,
+                                     files=vsphere.vim.vm.FileInfo(vmPathName="[%s]" % host.datastore[0].name))
+    return vsphere.wait(folder.CreateVM_Task(config=spec, pool=host.parent.resourcePool, host=host))
+
+
+def test_folder_scopes_a_datacenter_inside_a_folder_and_prefers_direct_children(run_playbook, env, vsphere):
+    """datacenter + folder for a datacenter that sits in a folder (/Region1/DCR/vm/apps); and a folder
+    names the VM directly in it, even when a subfolder holds another VM of the same name."""
+    region = vsphere.content.rootFolder.CreateFolder("Region1")
+    region.CreateDatacenter("DCR").vmFolder.CreateFolder("apps")
+    dc0 = [e for e in vsphere.content.rootFolder.childEntity if isinstance(e, vsphere.vim.Datacenter)][0]
+    parent = dc0.vmFolder.CreateFolder("scope-parent")
+    child = parent.CreateFolder("scope-child")
+    _vm_in(vsphere, parent, "scopevm")
+    _vm_in(vsphere, child, "scopevm")
+    (short, absolute, in_region, direct, nested, everywhere), run = run_tasks(run_playbook, [
+        ("vmware_cbt_info", {"datacenter": "DCR", "folder": "apps"}),
+        ("vmware_cbt_info", {"datacenter": "DCR", "folder": "/DCR/vm/apps"}),
+        ("vmware_cbt_info", {"folder": "/Region1/DCR/vm/apps"}),
+        ("vmware_cbt_info", {"name": "scopevm", "folder": "/DC0/vm/scope-parent"}),
+        ("vmware_cbt_info", {"name": "scopevm", "datacenter": "DC0", "folder": "scope-parent/scope-child"}),
+        ("vmware_cbt_info", {"name": "scopevm"}),
+    ], env=env)
+    for res in (short, absolute, in_region):
+        assert res.get("failed") is not True and res["count"] == 0, run
+    assert [v["path"] for v in direct["vms"]] == ["/DC0/vm/scope-parent/scopevm"], run
+    assert [v["path"] for v in nested["vms"]] == ["/DC0/vm/scope-parent/scope-child/scopevm"], run
+    assert_clean_failure(everywhere, run, "ambiguous",
+                         ["/DC0/vm/scope-parent/scopevm", "/DC0/vm/scope-parent/scope-child/scopevm"])

@@ -87,6 +87,31 @@ def test_no_permission_names_the_privilege():
     assert err.value.kind == "permission_denied"
 
 
+def test_no_permission_names_the_privilege_ids_of_missing_privileges():
+    # vSphere 7.0.3+: NoPermission.missingPrivileges[] are EntityPrivileges with privilegeIds
+    c = client()
+    fault = vim.fault.NoPermission(msg="denied", missingPrivileges=[
+        vim.fault.NoPermission.EntityPrivileges(entity=vim.VirtualMachine("vm-7"), privilegeIds=[
+            "VirtualMachine.State.CreateSnapshot", "VirtualMachine.State.RemoveSnapshot"]),
+        vim.fault.NoPermission.EntityPrivileges(entity=vim.Folder("group-v3"), privilegeIds=[
+            "VirtualMachine.State.CreateSnapshot"])])
+    with pytest.raises(vc.VmwarePermissionDenied) as err:
+        c.invoke("creating a snapshot", raiser(fault), expected_privilege="System.Read")
+    assert err.value.privileges == ["VirtualMachine.State.CreateSnapshot", "VirtualMachine.State.RemoveSnapshot"]
+    assert "'VirtualMachine.State.RemoveSnapshot'" in err.value.msg and "System.Read" not in err.value.msg
+
+
+def test_missing_privileges_entries_with_a_privileges_field_still_count():
+    class Entry(object):
+        privileges = ["Datastore.Browse"]
+
+    class Fault(object):
+        privilegeId = None
+        missingPrivileges = [Entry()]
+
+    assert vc._privileges_of(Fault()) == ["Datastore.Browse"]
+
+
 def test_no_permission_without_privilege_uses_the_expected_one():
     c = client()
     fault = vim.fault.NoPermission(msg="denied")
@@ -198,6 +223,49 @@ def test_wait_task_times_out_with_the_task_state(monkeypatch):
     assert coll.destroyed == 1
 
 
+def test_a_wait_that_ends_before_the_task_carries_the_task(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(vc.time, "monotonic", lambda: clock[0])
+    coll = Collector([("running", None)])
+    original = coll.WaitForUpdatesEx
+
+    def advancing(version, options):
+        clock[0] += options.maxWaitSeconds
+        return original(version, options)
+
+    coll.WaitForUpdatesEx = advancing
+    task = vim.Task("task-1")
+    with pytest.raises(vc.VmwareTaskTimeout) as err:
+        client(coll).wait_task(task, "creating a snapshot", timeout=5)
+    assert vc.unfinished_task(err.value) is task
+
+    def interrupted(version, options):
+        raise KeyboardInterrupt()
+
+    coll = Collector([])
+    coll.WaitForUpdatesEx = interrupted
+    with pytest.raises(KeyboardInterrupt) as err:
+        client(coll).wait_task(task, "creating a snapshot", timeout=30)
+    assert vc.unfinished_task(err.value) is task and coll.destroyed == 1
+
+    def broken(version, options):
+        raise socket.timeout("timed out")
+
+    coll = Collector([])
+    coll.WaitForUpdatesEx = broken
+    with pytest.raises(vc.VmwareUnreachable) as err:
+        client(coll).wait_task(task, "creating a snapshot", timeout=30)
+    assert vc.unfinished_task(err.value) is task
+
+
+def test_a_task_that_ended_in_an_error_is_not_unfinished():
+    fault = vim.fault.SnapshotFault(msg="An error occurred while saving the snapshot")
+    with pytest.raises(vc.VmwareTaskFailed) as err:
+        client(Collector([("error", fault)])).wait_task(vim.Task("task-1"), "creating snapshot 's1'", timeout=30)
+    assert vc.unfinished_task(err.value) is None
+    assert vc.unfinished_task(KeyboardInterrupt()) is None
+
+
 def test_wait_task_logs_in_again_and_recreates_its_collector():
     coll = Collector([("success", None)], not_auth_once=True)
     c = client(coll)
@@ -268,6 +336,11 @@ def test_unreadable_ca_cert_is_a_tls_error(tmp_path):
     ("/vm/prod", "DC0", "DC0/vm/prod"),
     ("/DC0/vm/prod", "DC0", "DC0/vm/prod"),
     ("/", "DC0", "DC0/vm"),
+    # a datacenter inside a folder, given as its inventory path
+    ("apps", "Region1/DC0", "Region1/DC0/vm/apps"),
+    ("vm/apps", "Region1/DC0", "Region1/DC0/vm/apps"),
+    ("/DC0/vm/apps", "Region1/DC0", "Region1/DC0/vm/apps"),
+    ("/Region1/DC0/vm/apps", "Region1/DC0", "Region1/DC0/vm/apps"),
 ])
 def test_normalize_folder(folder, dc, expected):
     assert inv.normalize_folder(folder, dc) == expected
