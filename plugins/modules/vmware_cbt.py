@@ -271,7 +271,9 @@ def run(m):
         m.fail(exc, changed=mgr.changed, **extra)
 
     try:
-        if state in ("enabled", "reset"):
+        steps = mgr.plan(state, p["initialize"])
+        if state in ("enabled", "reset") and steps:
+            # a VM (or template) that already has CBT set up needs nothing, whatever it supports
             mgr.check_supported()
         stale = mgr.stale_snapshots()
         if stale:
@@ -285,7 +287,6 @@ def run(m):
             else:
                 m.warn("VM %s has %d temporary snapshot(s) from an earlier run (%s); set cleanup_stale_snapshots: true "
                        "or remove them" % (mgr.label, len(stale), ", ".join(s["name"] for s in stale)))
-        steps = mgr.plan(state, p["initialize"])
         result["actions"].extend(mgr.describe_step(s) for s in steps)
         init_disks = {}
         if not m.check_mode:

@@ -253,6 +253,24 @@ def test_old_hardware_is_refused_even_in_check_mode(vm):
     assert res["failed"] and res["error_kind"] == "unsupported" and "vmx-07" in res["msg"]
 
 
+def test_a_template_with_cbt_set_up_needs_nothing_and_one_without_is_refused(vm):
+    assert run({"name": "vm1"})["changed"] is True
+    real_record = vm.record
+
+    def as_template():
+        record = real_record()
+        record["props"]["config.template"] = True
+        return record
+
+    vm.record = as_template
+    vm.calls[:] = []
+    res = run({"name": "vm1"})
+    assert res.get("failed") is not True and res["changed"] is False and mutating(vm.calls) == []
+    vm.cbt_on = False
+    res = run({"name": "vm1"})
+    assert res["failed"] and res["error_kind"] == "unsupported" and "template" in res["msg"]
+
+
 @pytest.mark.parametrize("args,words", [
     ({"name": "a", "uuid": "b"}, "mutually exclusive"),
     ({}, "one of the following is required: name, uuid, moid"),
