@@ -252,7 +252,7 @@ backend:
   type: str
   sample: "sqlite:/root/.local/state/cbt.toolkit/checkpoints.sqlite"
 current:
-  description: On a conflict, what the store holds (in the failure result); null when several records conflict.
+  description: On a conflict, what the store holds (in the failure result); null for O(records) with several records (see RV(conflicts)).
   returned: on conflict
   type: dict
 conflicts:
