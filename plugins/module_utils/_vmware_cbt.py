@@ -24,9 +24,11 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
     VmwareApiError,
     VmwareError,
     VmwarePermissionDenied,
+    VmwareUnreachable,
     fault_name,
     fault_text,
     is_fault,
+    unfinished_task,
     vim,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import (
@@ -60,6 +62,19 @@ class CbtError(VmwareError):
     def __init__(self, msg, kind="cbt_failed", fault=None, **details):
         super(CbtError, self).__init__(msg, fault=fault, **details)
         self.kind = kind
+
+
+class ConsolidationFailed(CbtError):
+    """A snapshot was removed, but the disk consolidation that vCenter asked for afterwards
+    failed. ``reason`` is the consolidation's error text."""
+
+    def __init__(self, msg, reason, fault=None, **details):
+        super(ConsolidationFailed, self).__init__(msg, kind="snapshot_remove_failed", fault=fault, **details)
+        self.reason = reason
+
+
+CONSOLIDATE_ADVICE = ("consolidate the VM's disks in vCenter (Snapshots > Consolidate) before the next snapshot is "
+                      "taken, then run again")
 
 
 def append_message(exc, extra):
@@ -134,7 +149,8 @@ def create_snapshot(client, vm, name, description, memory, quiesce, timeout, vm_
 
 def remove_snapshot(client, vm, snapshot_ref, name, timeout, vm_text, attempts=3):
     """Remove one snapshot (consolidating), retrying a failed task; then consolidate if vCenter
-    still says so. Returns None or the last error."""
+    still says so. Returns None, the last removal error (the snapshot may still be there), or a
+    :class:`ConsolidationFailed` (the snapshot is gone, the disks still need consolidation)."""
     what = "removing snapshot '%s' (%s) of VM %s" % (name, getattr(snapshot_ref, "_moId", "?"), vm_text)
     last = None
     for attempt in range(attempts):
@@ -158,7 +174,13 @@ def remove_snapshot(client, vm, snapshot_ref, name, timeout, vm_text, attempts=3
                 time.sleep(0.2 * (attempt + 1))
     if last is not None:
         return last
-    consolidate_if_needed(client, vm, timeout, vm_text)
+    try:
+        consolidate_if_needed(client, vm, timeout, vm_text)
+    except VmwareError as exc:
+        return ConsolidationFailed("snapshot '%s' (%s) of VM %s was removed, but consolidating the VM's disks "
+                                   "afterwards failed: %s; %s" % (name, getattr(snapshot_ref, "_moId", "?"), vm_text,
+                                                                  exc.msg, CONSOLIDATE_ADVICE),
+                                   exc.msg, fault=exc.fault)
     return None
 
 
@@ -176,6 +198,9 @@ def consolidate_if_needed(client, vm, timeout, vm_text):
 
 class CbtManager(object):
     """Plan and apply ``state: enabled | disabled | reset`` on one VM."""
+
+    # seconds to wait for a cancelled, unfinished creation task of a temporary snapshot
+    settle_timeout = 30
 
     def __init__(self, client, vm, prefix="cbt-toolkit-init", timeout=3600, check_mode=False):
         self.client = client
@@ -300,17 +325,19 @@ class CbtManager(object):
         record = {"name": name, "moid": None, "removed": False}
         self.init_snapshots.append(record)
         snap = None
+        create_error = None
         eligible_keys = set(d["key"] for d in self.disks() if d["eligible"])
         try:
             try:
                 snap = create_snapshot(self.client, self.vm, name, TEMP_SNAPSHOT_DESCRIPTION, False, False,
                                        self.timeout, self.label)
-            except VmwarePermissionDenied:
+            except BaseException as exc:
+                create_error = exc
+                if isinstance(exc, VmwareError) and not isinstance(exc, VmwarePermissionDenied):
+                    raise CbtError("CBT initialization failed for VM %s: creating the temporary snapshot '%s' failed: %s"
+                                   % (self.label, name, fault_text(exc.fault) if exc.fault is not None else exc.msg),
+                                   kind="init_snapshot_failed", fault=exc.fault)
                 raise
-            except VmwareError as exc:
-                raise CbtError("CBT initialization failed for VM %s: creating the temporary snapshot '%s' failed: %s"
-                               % (self.label, name, fault_text(exc.fault) if exc.fault is not None else exc.msg),
-                               kind="init_snapshot_failed", fault=exc.fault)
             record["moid"] = getattr(snap, "_moId", None)
             disks = snapshot_disks(self.client, snap, "reading the disks of the temporary snapshot '%s'" % name)
             if require_change_ids:
@@ -324,19 +351,31 @@ class CbtManager(object):
                            "it" if len(missing) == 1 else "them"),
                         kind="no_change_id", disks_without_change_id=[d["key"] for d in missing])
         except BaseException as exc:
-            problem = self._remove_temp(snap, name, record)
+            problem = self._remove_temp(snap, name, record, create_error)
             if problem is not None and isinstance(exc, VmwareError):
-                append_message(exc, "in addition the temporary snapshot could not be removed: %s" % problem.msg)
+                if isinstance(problem, ConsolidationFailed):
+                    append_message(exc, "in addition %s" % problem.msg)
+                else:
+                    append_message(exc, "in addition the temporary snapshot could not be removed: %s" % problem.msg)
             raise
         problem = self._remove_temp(snap, name, record)
         if problem is not None:
             raise problem
         return disks
 
-    def _remove_temp(self, snap, name, record):
-        """Remove the temporary snapshot (found by name when its creation task failed after
-        creating it). Returns None or a CbtError."""
+    def _remove_temp(self, snap, name, record, create_error=None):
+        """Remove the temporary snapshot. Without ``snap`` (``create_error`` ended its creation),
+        a creation task that had not finished (timeout, interruption) is cancelled and waited for
+        first, then the snapshot is looked up by name (a failed task may have created it anyway).
+        ``removed`` is set only when the snapshot was removed or provably never created. Returns
+        None or a CbtError (a :class:`ConsolidationFailed` when the snapshot was removed)."""
         try:
+            settled = True
+            create_task = unfinished_task(create_error) if create_error is not None else None
+            if snap is None and create_task is not None:
+                snap, settled = self._settle_create(create_task, name)
+            elif snap is None and isinstance(create_error, (VmwareUnreachable, KeyboardInterrupt, SystemExit)):
+                settled = False  # stopped before vCenter answered: the task may have been started
             targets = []
             if snap is not None:
                 targets.append((snap, getattr(snap, "_moId", None)))
@@ -344,8 +383,24 @@ class CbtManager(object):
                 for s in read_snapshots(self.client, self.vm, self.record["props"].get("name")):
                     if s["name"] == name:
                         targets.append((s["ref"], s["moid"]))
+            if not targets and not settled:
+                if create_task is not None:
+                    why = ("its creation task (%s) had not finished when this run stopped waiting for it"
+                           % getattr(create_task, "_moId", "?"))
+                else:
+                    why = "its creation was interrupted before vCenter answered"
+                return CbtError("the temporary snapshot '%s' of VM %s was not removed: %s, so vCenter may still create "
+                                "the snapshot. The next run removes it (cleanup_stale_snapshots: true), or remove it "
+                                "in vCenter" % (name, self.label, why), kind="snapshot_remove_failed")
             for ref, moid in targets:
+                record["moid"] = record["moid"] or moid
                 error = remove_snapshot(self.client, self.vm, ref, name, self.timeout, self.label)
+                if isinstance(error, ConsolidationFailed):
+                    record["removed"] = True
+                    return ConsolidationFailed(
+                        "the temporary snapshot '%s' (%s) of VM %s was removed, but consolidating the VM's disks "
+                        "afterwards failed: %s; %s" % (name, moid, self.label, error.reason, CONSOLIDATE_ADVICE),
+                        error.reason, fault=error.fault)
                 if error is not None:
                     return CbtError("the temporary snapshot '%s' (%s) of VM %s could not be removed: %s. Remove it in "
                                     "vCenter, or run again with cleanup_stale_snapshots: true"
@@ -354,13 +409,35 @@ class CbtManager(object):
             record["removed"] = True
             return None
         except VmwareError as exc:
-            return CbtError("the temporary snapshot '%s' of VM %s could not be removed: %s" % (name, self.label, exc.msg),
+            return CbtError("the temporary snapshot '%s' of VM %s could not be removed: %s. Remove it in vCenter, or "
+                            "run again with cleanup_stale_snapshots: true" % (name, self.label, exc.msg),
                             kind="snapshot_remove_failed", fault=exc.fault)
+
+    def _settle_create(self, task, name):
+        """Cancel the unfinished creation task of the temporary snapshot ``name`` and wait at most
+        ``settle_timeout`` seconds for its end. Returns ``(snapshot or None, finished)``."""
+        what = "creating the temporary snapshot '%s' of VM %s" % (name, self.label)
+        try:
+            self.client.invoke("cancelling the task of %s" % what, task.CancelTask)
+        except Exception:  # pylint: disable=broad-except
+            pass  # not cancelable or already finished: the wait tells
+        try:
+            info = self.client.wait_task(task, what, timeout=max(1, min(self.timeout, self.settle_timeout)),
+                                         expected_privilege=PRIV_CREATE_SNAPSHOT)
+        except Exception as exc:  # pylint: disable=broad-except
+            return None, unfinished_task(exc) is None  # a failed task may still have left the snapshot
+        return getattr(info, "result", None), True
 
     def remove_stale(self, stale):
         removed = []
         for snap in stale:
             error = remove_snapshot(self.client, self.vm, snap["ref"], snap["name"], self.timeout, self.label)
+            if isinstance(error, ConsolidationFailed):
+                self.changed = True
+                raise ConsolidationFailed("the stale temporary snapshot '%s' (%s) of VM %s was removed, but "
+                                          "consolidating the VM's disks afterwards failed: %s; %s"
+                                          % (snap["name"], snap["moid"], self.label, error.reason, CONSOLIDATE_ADVICE),
+                                          error.reason, fault=error.fault)
             if error is not None:
                 raise CbtError("removing the stale temporary snapshot '%s' (%s) of VM %s failed: %s"
                                % (snap["name"], snap["moid"], self.label, error.msg),

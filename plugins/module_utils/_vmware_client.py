@@ -154,10 +154,24 @@ def _privileges_of(fault):
     if getattr(fault, "privilegeId", None):
         privileges.append(fault.privilegeId)
     for entry in getattr(fault, "missingPrivileges", None) or []:
-        for priv in getattr(entry, "privileges", None) or []:
+        # NoPermission.EntityPrivileges (vSphere 7.0.3+) names them in privilegeIds
+        for priv in getattr(entry, "privilegeIds", None) or getattr(entry, "privileges", None) or []:
             if priv not in privileges:
                 privileges.append(priv)
     return privileges
+
+
+def unfinished_task(exc):
+    """The task whose wait ended with ``exc`` before the task reached a final state (timeout,
+    interruption, broken connection), or None. Such a task may still succeed later."""
+    return getattr(exc, "unfinished_task", None)
+
+
+def _mark_unfinished(exc, task):
+    try:
+        exc.unfinished_task = task
+    except Exception:  # pylint: disable=broad-except
+        pass
 
 
 def permission_error(fault, what, expected_privilege=None):
@@ -422,31 +436,38 @@ class VmwareClient(object):
         Uses its own PropertyCollector and ``WaitForUpdatesEx``; re-creates it after a
         re-login. Falls back to polling ``info.state`` with a short back-off only if the
         server has no ``CreatePropertyCollector``.
+
+        Whatever ends the wait before the task reached a final state (timeout, lost connection,
+        KeyboardInterrupt, ...) carries the task: see :func:`unfinished_task`.
         """
         deadline = time.monotonic() + timeout
         attempts = 0
-        while True:
-            try:
-                info = self._wait_task_updates(task, what, deadline, timeout)
-                break
-            except VmwareError:
-                raise
-            except Exception as exc:  # pylint: disable=broad-except
-                if is_fault(exc, "NotAuthenticated") and attempts < self.relogin_attempts:
-                    attempts += 1
-                    self.relogin()
-                    continue
-                if is_fault(exc, "MethodNotFound", "NotSupported", "NotImplemented"):
-                    info = self._poll_task(task, what, deadline, timeout)
+        try:
+            while True:
+                try:
+                    info = self._wait_task_updates(task, what, deadline, timeout)
                     break
-                if is_fault(exc, "NoPermission") and not is_fault(exc, "NotAuthenticated"):
-                    raise permission_error(exc, "waiting for the task of %s" % what)
-                if isinstance(exc, (socket.timeout, ConnectionError, ssl.SSLError)):
-                    raise VmwareUnreachable("the connection to vCenter %s broke while waiting for the task of %s: %s"
-                                            % (self.endpoint, what, exc), fault=exc)
-                if not hasattr(type(exc), "_wsdlName"):
+                except VmwareError:
                     raise
-                raise VmwareApiError("waiting for the task of %s failed: %s" % (what, fault_text(exc)), fault=exc)
+                except Exception as exc:  # pylint: disable=broad-except
+                    if is_fault(exc, "NotAuthenticated") and attempts < self.relogin_attempts:
+                        attempts += 1
+                        self.relogin()
+                        continue
+                    if is_fault(exc, "MethodNotFound", "NotSupported", "NotImplemented"):
+                        info = self._poll_task(task, what, deadline, timeout)
+                        break
+                    if is_fault(exc, "NoPermission") and not is_fault(exc, "NotAuthenticated"):
+                        raise permission_error(exc, "waiting for the task of %s" % what)
+                    if isinstance(exc, (socket.timeout, ConnectionError, ssl.SSLError)):
+                        raise VmwareUnreachable("the connection to vCenter %s broke while waiting for the task of %s: %s"
+                                                % (self.endpoint, what, exc), fault=exc)
+                    if not hasattr(type(exc), "_wsdlName"):
+                        raise
+                    raise VmwareApiError("waiting for the task of %s failed: %s" % (what, fault_text(exc)), fault=exc)
+        except BaseException as exc:
+            _mark_unfinished(exc, task)
+            raise
         state = str(info.state)
         if state == "success":
             return info

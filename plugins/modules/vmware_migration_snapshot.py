@@ -16,13 +16,15 @@ description:
   - V(present) makes sure the VM has a snapshot called O(snapshot_name) and returns, for every disk, the
     C(changeId), capacity and backing file B(at that snapshot). These are the values that the next round's
     changed-area query (M(cbt.toolkit.vmware_cbt_changes)) starts from. An existing snapshot of that name is
-    reported unchanged, which makes the module idempotent.
+    reported unchanged, which makes the module idempotent. If reading a snapshot this task created fails, the
+    snapshot is removed again and the task fails.
   - With O(changes), V(present) also asks vSphere which areas of the listed disks changed since their change
     IDs, at this snapshot, in the same call, as M(cbt.toolkit.vmware_cbt_changes) does with its
     O(cbt.toolkit.vmware_cbt_changes#module:disks) option. A round then needs one task for the snapshot and its
     changed areas. The listed disks are checked against the
     VM before a snapshot is created. If the query fails, a snapshot this task created is removed again and the
-    task fails; no extent file is written.
+    task fails; no extent file is written. If that removal fails too, the error says so and names the snapshot;
+    remove it by hand or with O(state=absent).
   - V(absent) removes the snapshot with consolidation. It waits for the removal task and, when vCenter still
     flags the VM for consolidation, for a disk consolidation too, so that the next snapshot never overlaps a
     running consolidation (the Forklift MTV-1656 data corruption).
@@ -227,6 +229,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwarePermissionDenied, VmwareError
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
     CbtError,
+    ConsolidationFailed,
     PRIV_REMOVE_SNAPSHOT,
     append_message,
     consolidate_if_needed,
@@ -304,22 +307,21 @@ def run(m):
                                       "create_time": None, "quiesced": p["quiesce"]}
             else:
                 ref = create_snapshot(client, vm, name, p["description"], p["memory"], p["quiesce"], p["task_timeout"], text)
-                snapshots = read_snapshots(client, vm, facts["name"])
-                created = [s for s in snapshots if s["moid"] == getattr(ref, "_moId", None)]
-                result["snapshot"] = snapshot_public(created[0]) if created else {"name": name, "moid": ref._moId}
-                existing = created[0] if created else {"ref": ref, "name": name, "moid": ref._moId}
+                existing = {"ref": ref, "name": name, "moid": getattr(ref, "_moId", None)}
                 created_now = True
         if existing is not None:
-            disks = snapshot_disks(client, existing["ref"], "reading the disks of snapshot '%s' of VM %s" % (name, text))
-            result["disks"] = [dict((k, d.get(k)) for k in DISK_KEYS) for d in disks]
-            result["change_ids"] = dict((str(d["key"]), d["change_id"]) for d in disks if d["eligible"])
-            missing = [str(d["key"]) for d in disks if d["eligible"] and not d["change_id"]]
-            if missing:
-                m.warn("disk(s) %s of VM %s have no changeId at snapshot '%s': CBT is off or not initialised there, so "
-                       "changed-area queries against this snapshot need a full copy. Run cbt.toolkit.vmware_cbt first"
-                       % (", ".join(missing), text, name))
-            if requests:
-                result["changes"] = _changes(m, vm, text, facts, existing, disks, live_disks, requests, created_now)
+            try:
+                _present(m, vm, text, facts, existing, live_disks, requests, created_now, result)
+            except BaseException as exc:
+                if not created_now:
+                    raise
+                if not isinstance(exc, VmwareError) and isinstance(exc, Exception):
+                    exc = CbtError("reading snapshot '%s' of VM %s after creating it failed: %s: %s"
+                                   % (name, text, type(exc).__name__, exc), kind="snapshot_failed")
+                note = _remove_created(m, vm, text, existing)
+                if isinstance(exc, VmwareError):
+                    append_message(exc, note)
+                raise exc
         diff_after = {"snapshot": name}
     else:
         if existing is not None:
@@ -341,22 +343,55 @@ def run(m):
     m.exit(**result)
 
 
-def _changes(m, vm, text, facts, snap, disks, live_disks, requests, created_now):
-    """The changed areas at ``snap``; if that fails, a snapshot this task created is removed again."""
+def _present(m, vm, text, facts, snap, live_disks, requests, created_now, result):
+    """The snapshot, its disks and change IDs and, with ``changes``, the changed areas at it,
+    into ``result``. ``snap`` of a snapshot this task created has only ref, name and moid."""
+    name = snap["name"]
+    if created_now:
+        created = [s for s in read_snapshots(m.client, vm, facts["name"]) if s["moid"] == snap["moid"]]
+        if created:
+            snap.update(created[0])
+        result["snapshot"] = snapshot_public(created[0]) if created else {"name": name, "moid": snap["moid"]}
+    disks = snapshot_disks(m.client, snap["ref"], "reading the disks of snapshot '%s' of VM %s" % (name, text))
+    result["disks"] = [dict((k, d.get(k)) for k in DISK_KEYS) for d in disks]
+    result["change_ids"] = dict((str(d["key"]), d["change_id"]) for d in disks if d["eligible"])
+    missing = [str(d["key"]) for d in disks if d["eligible"] and not d["change_id"]]
+    if missing:
+        m.warn("disk(s) %s of VM %s have no changeId at snapshot '%s': CBT is off or not initialised there, so "
+               "changed-area queries against this snapshot need a full copy. Run cbt.toolkit.vmware_cbt first"
+               % (", ".join(missing), text, name))
+    if requests:
+        result["changes"] = _changes(m, vm, text, facts, snap, disks, live_disks, requests)
+
+
+def _changes(m, vm, text, facts, snap, disks, live_disks, requests):
+    """The changed areas at ``snap``."""
     wanted = m.params["changes"]
     try:
         return summary(*query_changes(m.client, vm, text, facts, snap, disks, live_disks, requests,
                                       wanted["coalesce_gap"], wanted["max_results"], m.warn))
+    except VmwareError:
+        raise
     except Exception as exc:  # pylint: disable=broad-except
-        if not isinstance(exc, VmwareError):
-            exc = CbtError("asking for the changed areas at snapshot '%s' of VM %s failed: %s: %s"
-                           % (snap["name"], text, type(exc).__name__, exc), kind="query_failed")
-        if created_now:
-            error = remove_snapshot(m.client, vm, snap["ref"], snap["name"], m.params["task_timeout"], text)
-            append_message(exc, "the snapshot this task created was removed again" if error is None else
-                           "removing the snapshot this task created failed too (%s): remove snapshot '%s' (%s) by hand"
-                           % (error.msg, snap["name"], snap["moid"]))
-        raise exc
+        raise CbtError("asking for the changed areas at snapshot '%s' of VM %s failed: %s: %s"
+                       % (snap["name"], text, type(exc).__name__, exc), kind="query_failed")
+
+
+def _remove_created(m, vm, text, snap):
+    """Remove the snapshot this task created after a later step failed; returns what to add to
+    that step's error. A failing removal never replaces that error."""
+    try:
+        error = remove_snapshot(m.client, vm, snap["ref"], snap["name"], m.params["task_timeout"], text)
+    except Exception as exc:  # pylint: disable=broad-except
+        error = exc
+    if error is None:
+        return "the snapshot this task created was removed again"
+    if isinstance(error, ConsolidationFailed):
+        return ("the snapshot this task created was removed again, but consolidating the VM's disks afterwards "
+                "failed (%s): consolidate them in vCenter (Snapshots > Consolidate) before the next snapshot is taken"
+                % error.reason)
+    return ("in addition the snapshot '%s' (%s) this task created could not be removed (%s): remove it by hand or run "
+            "this task again with state: absent" % (snap["name"], snap["moid"], getattr(error, "msg", None) or error))
 
 
 def main():

@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import datetime
 import random
 
 import pytest
@@ -19,12 +20,18 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
     VmwareClient,
     VmwarePermissionDenied,
     VmwareTaskFailed,
+    fault_text,
 )
 
 CID_A = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/4"
 CID_A_LATER = "52 de c0 d9 b9 43 9d 10-61 d5 4c 1b e9 7b 65 63/9"
 CID_B = "52 00 11 22 33 44 55 66-77 88 99 aa bb cc dd ee/1"
 MiB = 1 << 20
+NOW = datetime.datetime(2025, 8, 12, 10, 0, 0)
+
+# the real helpers, before the fixtures below replace them
+REAL_CREATE_SNAPSHOT = cbt.create_snapshot
+REAL_REMOVE_SNAPSHOT = cbt.remove_snapshot
 
 
 # -- QueryChangedDiskAreas paging ----------------------------------------------------------
@@ -198,6 +205,9 @@ class World(object):
         self.create_leaves_snapshot = False
         self.fail_remove = 0          # remove attempts that fail
         self.fail_reconfigure = None
+        self.fail_consolidate = None  # fault of ConsolidateVMDisks_Task
+        self.consolidation_needed = False
+        self.removable_refs = False   # snapshot refs that answer RemoveSnapshot_Task (for the real remove_snapshot)
         self.calls = []
         self.seq = 0
 
@@ -217,10 +227,23 @@ class World(object):
 
     def new_snapshot(self, name):
         self.seq += 1
-        snap = {"name": name, "moid": "snapshot-%d" % self.seq, "ref": vim.vm.Snapshot("snapshot-%d" % self.seq),
+        moid = "snapshot-%d" % self.seq
+        ref = SnapRef(self, moid) if self.removable_refs else vim.vm.Snapshot(moid)
+        snap = {"name": name, "moid": moid, "ref": ref,
                 "description": "", "create_time": None, "id": self.seq, "quiesced": False, "parent": None, "depth": 0}
         self.snapshots.append(snap)
         return snap
+
+
+class SnapRef(object):
+    def __init__(self, world, moid):
+        self.world = world
+        self._moId = moid
+
+    def RemoveSnapshot_Task(self, removeChildren, consolidate):
+        self.world.calls.append(("remove", self._moId))
+        self.world.snapshots = [s for s in self.world.snapshots if s["moid"] != self._moId]
+        self.world.consolidation_needed = True
 
 
 class FakeClient(object):
@@ -230,7 +253,13 @@ class FakeClient(object):
     def run_task(self, what, func, *args, **kwargs):
         kwargs.pop("timeout", None)
         kwargs.pop("expected_privilege", None)
-        return func(*args, **kwargs)
+        try:
+            return func(*args, **kwargs)
+        except vmodl.MethodFault as exc:
+            raise VmwareTaskFailed("%s failed: %s" % (what, fault_text(exc)), fault=exc)
+
+    def properties(self, obj, paths, what=None):
+        return {"runtime.consolidationNeeded": self.world.consolidation_needed}
 
 
 @pytest.fixture
@@ -273,6 +302,12 @@ def world(monkeypatch):
             if not w.cbt_on:
                 w.change_id = None
 
+        def ConsolidateVMDisks_Task(self):
+            w.calls.append(("consolidate",))
+            if w.fail_consolidate is not None:
+                raise w.fail_consolidate
+            w.consolidation_needed = False
+
     monkeypatch.setattr(cbt, "read_vm", lambda client, vm: w.record())
     monkeypatch.setattr(cbt, "read_snapshots", lambda client, vm, name=None: list(w.snapshots))
     monkeypatch.setattr(cbt, "create_snapshot", create)
@@ -280,6 +315,218 @@ def world(monkeypatch):
     monkeypatch.setattr(cbt, "snapshot_disks", disks_of)
     w.manager = lambda: cbt.CbtManager(FakeClient(w), FakeVM(), prefix="cbt-toolkit-init", timeout=60)
     return w
+
+
+# -- the temporary snapshot when its creation task does not finish -------------------------------
+
+class CreateTask(object):
+    """A CreateSnapshot_Task whose waits follow ``script``: "interrupt" (KeyboardInterrupt while
+    waiting), "running" (the wait times out), "late" (the snapshot appears, the task still runs,
+    the wait times out), "success" (the snapshot is created), "cancelled" (RequestCanceled)."""
+
+    def __init__(self, world, name, script, cancel_fault=None):
+        self._moId = "task-7"
+        self.world = world
+        self.name = name
+        self.script = list(script)
+        self.cancel_fault = cancel_fault
+        self.snapshot = None
+
+    def CancelTask(self):
+        self.world.calls.append(("cancel", self._moId))
+        if self.cancel_fault is not None:
+            raise self.cancel_fault
+
+    def info(self, state, result=None, error=None):
+        return vim.TaskInfo(key=self._moId, task=vim.Task(self._moId), state=state, result=result, error=error,
+                            cancelable=True, cancelled=False, descriptionId="VirtualMachine.createSnapshot",
+                            queueTime=NOW)
+
+    def step(self):
+        step = self.script.pop(0)
+        if step == "interrupt":
+            raise KeyboardInterrupt()
+        if step in ("late", "success") and self.snapshot is None:
+            self.snapshot = self.world.new_snapshot(self.name)
+        if step in ("running", "late"):
+            return self.info("running")
+        if step == "success":
+            return self.info("success", result=self.snapshot["ref"])
+        return self.info("error", error=vmodl.fault.RequestCanceled(msg="The task was canceled by a user."))
+
+
+class TaskClient(VmwareClient):
+    """The real task handling of VmwareClient (run_task, wait_task, timeouts) over CreateTask."""
+
+    def __init__(self, world):
+        super(TaskClient, self).__init__("127.0.0.1", "u", "p")
+        self.world = world
+        self.waits = []
+
+    def invoke(self, what, func, *args, **kwargs):
+        kwargs.pop("expected_privilege", None)
+        return func(*args, **kwargs)
+
+    def _wait_task_updates(self, task, what, deadline, timeout):
+        self.waits.append((what, timeout))
+        info = task.step()
+        if str(info.state) == "running":
+            raise self._timeout_error(task, what, timeout, info)
+        return info
+
+
+class TaskVM(object):
+    _moId = "vm-1"
+
+    def __init__(self, world, script, cancel_fault=None):
+        self.world = world
+        self.script = script
+        self.cancel_fault = cancel_fault
+        self.task = None
+
+    def CreateSnapshot_Task(self, name, description, memory, quiesce):
+        self.world.calls.append(("create", name))
+        self.task = CreateTask(self.world, name, self.script, self.cancel_fault)
+        return self.task
+
+
+def task_manager(world, monkeypatch, script, cancel_fault=None):
+    monkeypatch.setattr(cbt, "create_snapshot", REAL_CREATE_SNAPSHOT)
+    world.cbt_on = True
+    client = TaskClient(world)
+    mgr = cbt.CbtManager(client, TaskVM(world, script, cancel_fault), prefix="cbt-toolkit-init", timeout=60)
+    return mgr, client
+
+
+def test_create_timeout_cancels_the_task_and_removes_the_snapshot_it_created_afterwards(world, monkeypatch):
+    mgr, client = task_manager(world, monkeypatch, ["running", "success"])
+    with pytest.raises(cbt.CbtError) as err:
+        mgr.stun_cycle(require_change_ids=True)
+    assert err.value.kind == "init_snapshot_failed" and "did not finish within 60 s" in err.value.msg
+    assert "could not be removed" not in err.value.msg
+    assert ("cancel", "task-7") in world.calls and ("remove", "snapshot-1") in world.calls
+    assert world.snapshots == []
+    assert mgr.init_snapshots[0]["removed"] is True and mgr.init_snapshots[0]["moid"] == "snapshot-1"
+    assert [timeout for _what, timeout in client.waits] == [60, mgr.settle_timeout]  # a bounded second wait
+
+
+def test_create_timeout_whose_task_was_cancelled_created_nothing(world, monkeypatch):
+    mgr, _client = task_manager(world, monkeypatch, ["running", "cancelled"])
+    with pytest.raises(cbt.CbtError) as err:
+        mgr.stun_cycle(require_change_ids=True)
+    assert err.value.kind == "init_snapshot_failed" and "could not be removed" not in err.value.msg
+    assert ("cancel", "task-7") in world.calls and not [c for c in world.calls if c[0] == "remove"]
+    assert world.snapshots == [] and mgr.init_snapshots[0]["removed"] is True
+
+
+def test_create_timeout_with_a_task_still_running_is_reported_as_not_removed(world, monkeypatch):
+    mgr, _client = task_manager(world, monkeypatch, ["running", "running"],
+                                cancel_fault=vim.fault.InvalidState(msg="The task cannot be cancelled"))
+    with pytest.raises(cbt.CbtError) as err:
+        mgr.stun_cycle(require_change_ids=True)
+    name = mgr.init_snapshots[0]["name"]
+    assert err.value.kind == "init_snapshot_failed"
+    assert "in addition the temporary snapshot could not be removed" in err.value.msg
+    assert "'%s'" % name in err.value.msg and "task-7" in err.value.msg
+    assert "cleanup_stale_snapshots" in err.value.msg and "remove it in vCenter" in err.value.msg
+    assert ("cancel", "task-7") in world.calls and mgr.init_snapshots[0]["removed"] is False
+
+
+def test_interrupt_while_waiting_for_the_create_task_leaves_removed_false(world, monkeypatch):
+    mgr, _client = task_manager(world, monkeypatch, ["interrupt", "running"])
+    with pytest.raises(KeyboardInterrupt):
+        mgr.stun_cycle(require_change_ids=True)
+    record = mgr.init_snapshots[0]
+    assert ("cancel", "task-7") in world.calls and record["removed"] is False
+    # vCenter finishes the task later: the next run's stale-snapshot cleanup finds the snapshot
+    world.new_snapshot(record["name"])
+    assert [s["name"] for s in world.manager().stale_snapshots()] == [record["name"]]
+
+
+def test_interrupt_whose_task_finishes_after_the_cancel_removes_the_snapshot(world, monkeypatch):
+    mgr, _client = task_manager(world, monkeypatch, ["interrupt", "success"])
+    with pytest.raises(KeyboardInterrupt):
+        mgr.stun_cycle(require_change_ids=True)
+    assert ("cancel", "task-7") in world.calls and ("remove", "snapshot-1") in world.calls
+    assert world.snapshots == [] and mgr.init_snapshots[0]["removed"] is True
+
+
+def test_snapshot_that_appears_while_the_task_still_runs_is_removed(world, monkeypatch):
+    mgr, _client = task_manager(world, monkeypatch, ["running", "late"])
+    with pytest.raises(cbt.CbtError):
+        mgr.stun_cycle(require_change_ids=True)
+    assert ("remove", "snapshot-1") in world.calls and world.snapshots == []
+    assert mgr.init_snapshots[0]["removed"] is True
+
+
+def test_interrupt_before_the_create_task_was_known_leaves_removed_false(world):
+    world.fail_create = KeyboardInterrupt()
+    mgr = world.manager()
+    with pytest.raises(KeyboardInterrupt):
+        mgr.stun_cycle(require_change_ids=True)
+    assert mgr.init_snapshots[0]["removed"] is False
+
+
+# -- consolidation after a successful removal ------------------------------------------------------
+
+def test_remove_snapshot_returns_a_consolidation_failure_of_a_removed_snapshot(world):
+    world.removable_refs = True
+    snap = world.new_snapshot("s1")
+    world.fail_consolidate = vim.fault.FileLocked(msg="Unable to access file since it is locked")
+
+    class VM(object):
+        def ConsolidateVMDisks_Task(self):
+            world.calls.append(("consolidate",))
+            raise world.fail_consolidate
+
+    error = REAL_REMOVE_SNAPSHOT(FakeClient(world), VM(), snap["ref"], "s1", 60, "'vm1'")
+    assert isinstance(error, cbt.ConsolidationFailed) and error.kind == "snapshot_remove_failed"
+    assert "snapshot 's1' (snapshot-1) of VM 'vm1' was removed, but consolidating" in error.msg
+    assert "locked" in error.msg and "Snapshots > Consolidate" in error.msg
+    assert world.snapshots == [] and ("consolidate",) in world.calls
+
+
+def test_consolidation_failure_after_removing_the_temporary_snapshot_is_its_own_outcome(world, monkeypatch):
+    monkeypatch.setattr(cbt, "remove_snapshot", REAL_REMOVE_SNAPSHOT)
+    world.cbt_on = True
+    world.removable_refs = True
+    world.fail_consolidate = vim.fault.FileLocked(msg="Unable to access file since it is locked")
+    mgr = world.manager()
+    with pytest.raises(cbt.CbtError) as err:
+        mgr.stun_cycle(require_change_ids=True)
+    record = mgr.init_snapshots[0]
+    assert record["removed"] is True and world.snapshots == []
+    assert err.value.kind == "snapshot_remove_failed" and "could not be removed" not in err.value.msg
+    assert ("the temporary snapshot '%s' (%s) of VM 'vm1'" % (record["name"], record["moid"])) in err.value.msg
+    assert "was removed, but consolidating the VM's disks afterwards failed" in err.value.msg
+    assert "locked" in err.value.msg and "Snapshots > Consolidate" in err.value.msg
+
+
+def test_consolidation_failure_is_added_to_the_primary_error(world, monkeypatch):
+    monkeypatch.setattr(cbt, "remove_snapshot", REAL_REMOVE_SNAPSHOT)
+    world.cbt_on = True
+    world.assign_change_ids = False
+    world.removable_refs = True
+    world.fail_consolidate = vim.fault.FileLocked(msg="Unable to access file since it is locked")
+    mgr = world.manager()
+    with pytest.raises(cbt.CbtError) as err:
+        mgr.stun_cycle(require_change_ids=True)
+    assert err.value.kind == "no_change_id" and mgr.init_snapshots[0]["removed"] is True
+    assert "in addition the temporary snapshot '%s'" % mgr.init_snapshots[0]["name"] in err.value.msg
+    assert "was removed, but consolidating" in err.value.msg and "could not be removed" not in err.value.msg
+
+
+def test_consolidation_failure_after_removing_a_stale_snapshot_counts_as_a_change(world, monkeypatch):
+    monkeypatch.setattr(cbt, "remove_snapshot", REAL_REMOVE_SNAPSHOT)
+    world.removable_refs = True
+    world.new_snapshot("cbt-toolkit-init-20250101T000000Z-abcd")
+    world.fail_consolidate = vim.fault.FileLocked(msg="locked")
+    mgr = world.manager()
+    with pytest.raises(cbt.ConsolidationFailed) as err:
+        mgr.remove_stale(mgr.stale_snapshots())
+    assert mgr.changed is True and world.snapshots == []
+    assert "stale temporary snapshot 'cbt-toolkit-init-20250101T000000Z-abcd' (snapshot-1)" in err.value.msg
+    assert "was removed, but consolidating" in err.value.msg
 
 
 def test_enable_runs_reconfigure_then_stun_cycle_and_leaves_no_snapshot(world):

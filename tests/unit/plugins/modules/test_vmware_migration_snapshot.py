@@ -12,7 +12,11 @@ import pytest
 from pyVmomi import vim
 
 from ansible_collections.cbt.toolkit.plugins.module_utils import _vmware_module as vmod
-from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwareTaskFailed
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import (
+    VmwareApiError,
+    VmwareTaskFailed,
+    VmwareUnreachable,
+)
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
 from ansible_collections.cbt.toolkit.plugins.modules import vmware_migration_snapshot as mod
 from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import run_module
@@ -218,3 +222,94 @@ def test_a_failed_query_removes_the_snapshot_this_task_created(world, live_disk,
     assert res["failed"] and "removed again" not in res["msg"] and removed == ["snapshot-1"]
     assert res["error_kind"] in ("permission_denied", "query_failed") and "Traceback" not in res["msg"]
     assert [s["name"] for s in world.snapshots] == ["round-2"]
+
+
+def fake_remove(world, removed, returns=None, raises=None):
+    """remove_snapshot: ``raises`` an error, or removes the snapshot unless ``returns`` is a removal error."""
+    def remove(client, vm, ref, name, timeout, text, attempts=3):
+        removed.append(ref._moId)
+        if raises is not None:
+            raise raises
+        if returns is None or isinstance(returns, mod.ConsolidationFailed):
+            world.snapshots = [s for s in world.snapshots if s["moid"] != ref._moId]
+        return returns
+    return remove
+
+
+def test_reading_the_new_snapshot_failing_removes_it_again(world, monkeypatch):
+    removed = []
+    reads = []
+
+    def read(client, vm, name=None):
+        reads.append(name)
+        if len(reads) > 1:  # the read after the creation
+            raise VmwareApiError("reading the snapshots of VM 'vm1' failed: SystemError: busy")
+        return list(world.snapshots)
+
+    monkeypatch.setattr(mod, "read_snapshots", read)
+    monkeypatch.setattr(mod, "remove_snapshot", fake_remove(world, removed))
+    res = run({"snapshot_name": "round-2"})
+    assert res["failed"] and res["error_kind"] == "api_error", res
+    assert "reading the snapshots of VM 'vm1' failed: SystemError: busy" in res["msg"]
+    assert "the snapshot this task created was removed again" in res["msg"]
+    assert removed == ["snapshot-1"] and world.snapshots == []
+
+
+def test_reading_the_disks_of_the_new_snapshot_failing_removes_it_again(world, monkeypatch):
+    removed = []
+
+    def disks(client, ref, what):
+        raise VmwareApiError("%s failed: SystemError: busy" % what)
+
+    monkeypatch.setattr(mod, "snapshot_disks", disks)
+    monkeypatch.setattr(mod, "remove_snapshot", fake_remove(world, removed))
+    res = run({"snapshot_name": "round-2"})
+    assert res["failed"] and "reading the disks of snapshot 'round-2' of VM 'vm1'" in res["msg"], res
+    assert "the snapshot this task created was removed again" in res["msg"]
+    assert removed == ["snapshot-1"] and world.snapshots == []
+    # an unexpected error there is a clean failure and removes the snapshot too
+    monkeypatch.setattr(mod, "snapshot_disks", lambda client, ref, what: [][0])
+    res = run({"snapshot_name": "round-3"})
+    assert res["failed"] and res["error_kind"] == "snapshot_failed" and "IndexError" in res["msg"], res
+    assert "removed again" in res["msg"] and world.snapshots == []
+
+
+def test_a_failing_removal_keeps_the_original_error_and_names_the_snapshot(world, live_disk, monkeypatch):
+    removed = []
+
+    def query(*_args):
+        raise mod.CbtError("querying the changed areas of disk 2000 failed: denied", kind="permission_denied")
+
+    monkeypatch.setattr(mod, "query_changes", query)
+    monkeypatch.setattr(mod, "remove_snapshot", fake_remove(world, removed, raises=VmwareUnreachable(
+        "the connection to vCenter h:443 broke while reading the snapshots of VM 'vm1': reset")))
+    res = run({"snapshot_name": "round-2", "changes": {"disks": [{"key": 2000, "change_id": "*"}]}})
+    assert res["failed"] and res["error_kind"] == "permission_denied", res
+    assert res["msg"].startswith("querying the changed areas of disk 2000 failed: denied")
+    assert "snapshot 'round-2' (snapshot-1) this task created could not be removed" in res["msg"]
+    assert "broke while reading the snapshots" in res["msg"]
+    assert "remove it by hand or run this task again with state: absent" in res["msg"]
+    assert removed == ["snapshot-1"] and [s["name"] for s in world.snapshots] == ["round-2"]
+    # a removal that reports an error (rather than raising one) is named the same way
+    world.snapshots = []
+    monkeypatch.setattr(mod, "remove_snapshot", fake_remove(world, removed, returns=VmwareTaskFailed(
+        "removing snapshot 'round-3' failed: locked", fault=vim.fault.TaskInProgress(msg="locked"))))
+    res = run({"snapshot_name": "round-3", "changes": {"disks": [{"key": 2000, "change_id": "*"}]}})
+    assert res["error_kind"] == "permission_denied" and "'round-3' (snapshot-1)" in res["msg"], res
+    assert "could not be removed (removing snapshot 'round-3' failed: locked)" in res["msg"]
+
+
+def test_a_consolidation_failure_after_removing_the_new_snapshot_is_reported(world, live_disk, monkeypatch):
+    removed = []
+
+    def query(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(mod, "query_changes", query)
+    monkeypatch.setattr(mod, "remove_snapshot", fake_remove(world, removed, returns=mod.ConsolidationFailed(
+        "snapshot 'round-2' (snapshot-1) of VM 'vm1' was removed, but consolidating failed: locked", "locked")))
+    res = run({"snapshot_name": "round-2", "changes": {"disks": [{"key": 2000, "change_id": "*"}]}})
+    assert res["failed"] and res["error_kind"] == "query_failed" and "No space left on device" in res["msg"], res
+    assert "the snapshot this task created was removed again, but consolidating the VM's disks" in res["msg"]
+    assert "locked" in res["msg"] and "Snapshots > Consolidate" in res["msg"]
+    assert world.snapshots == []
