@@ -217,27 +217,16 @@ def test_wait_task_times_out_with_the_task_state(monkeypatch):
         return original(version, options)
 
     coll.WaitForUpdatesEx = advancing
-    with pytest.raises(vc.VmwareTaskTimeout) as err:
-        client(coll).wait_task(vim.Task("task-1"), "consolidating", timeout=5)
-    assert "within 5 s" in err.value.msg and "task-1" in err.value.msg and "running" in err.value.msg
-    assert coll.destroyed == 1
-
-
-def test_a_wait_that_ends_before_the_task_carries_the_task(monkeypatch):
-    clock = [1000.0]
-    monkeypatch.setattr(vc.time, "monotonic", lambda: clock[0])
-    coll = Collector([("running", None)])
-    original = coll.WaitForUpdatesEx
-
-    def advancing(version, options):
-        clock[0] += options.maxWaitSeconds
-        return original(version, options)
-
-    coll.WaitForUpdatesEx = advancing
     task = vim.Task("task-1")
     with pytest.raises(vc.VmwareTaskTimeout) as err:
-        client(coll).wait_task(task, "creating a snapshot", timeout=5)
-    assert vc.unfinished_task(err.value) is task
+        client(coll).wait_task(task, "consolidating", timeout=5)
+    assert "within 5 s" in err.value.msg and "task-1" in err.value.msg and "running" in err.value.msg
+    assert coll.destroyed == 1
+    assert vc.unfinished_task(err.value) is task  # the task may still finish: the caller can settle it
+
+
+def test_an_interrupted_or_broken_wait_carries_the_task():
+    task = vim.Task("task-1")
 
     def interrupted(version, options):
         raise KeyboardInterrupt()
