@@ -161,7 +161,10 @@ def classify_operator(version, sms_permission):
                          "before ceph-csi-operator PR #274 and never adds the csi-snapshot-metadata container. "
                          "Build a custom cephcsi-operator image from red-hat-storage/ceph-csi-operator "
                          "release-%d.%d and patch the cephcsi-operator CSV with it (roles cbt.toolkit.cephcsi_operator_build "
-                         "and cbt.toolkit.cephcsi_operator_deploy), then re-run" % (vtxt, version[0], version[1]))
+                         "and cbt.toolkit.cephcsi_operator_deploy; the deploy role also adds the snapshot-metadata "
+                         "permissions to the CSV clusterPermissions: snapshotmetadataservices get/list/watch for the "
+                         "operator, subjectaccessreviews and tokenreviews create and snapshotmetadataservices get/list "
+                         "for the RBD ctrlplugin), then re-run" % (vtxt, version[0], version[1]))
         return out
     out["supports_cbt"] = True if sms_permission else None
     if sms_permission is None:
@@ -736,7 +739,7 @@ def diagnose(st, facts):
         problem("sidecar_image_mismatch", "the running %s image is %s, not %s" % (SIDECAR, running, st.sidecar_image))
     if sidecar_version is not None and sidecar_version < (0, 2, 0):
         problem("sidecar_name_based_delta", "sidecar %s (%s) expects the base snapshot *name* in GetMetadataDelta "
-                "(v0.2.0+ expects the CSI handle); clients must use base_field_mode=name, or set sidecar_image "
+                "(v0.2.0+ expects the CSI handle); clients must use base_snapshot_mode=name, or set sidecar_image "
                 "to v0.2.0 or later" % (version_str(sidecar_version), effective), blocking=False)
 
     blocking = [p for p in problems if p["blocking"]]

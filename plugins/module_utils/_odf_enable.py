@@ -780,7 +780,7 @@ class Engine(object):
             self.delete("Secret", api_path("", "v1", "secrets", st.ca_secret_name, ns), facts.ca_secret, ns)
 
         # CRD
-        self._remove_crd(facts)
+        self._remove_crd(facts, removed["sms"])
 
         # The sidecar goes when the operator's gate turns false: SMS gone (gate with SMS) or volume gone.
         gate_off = (removed["sms"] and prof.get("trigger") != "tls_volume") or removed["volume"]
@@ -809,7 +809,9 @@ class Engine(object):
                                  "annotations": {dg.RECONCILE_ANNOTATION: None}}}
         self.patch_with_precondition("Driver", path, build, lambda: self.api.get(path), self.st.namespace)
 
-    def _remove_crd(self, facts):
+    def _remove_crd(self, facts, sms_removed):
+        """Delete our CRD when no SnapshotMetadataService is left: deleting a CRD deletes all its objects, so
+        one named after the driver counts as gone only when this run deleted it (``sms_removed``)."""
         crd = facts.crd
         if crd is None:
             return
@@ -819,10 +821,17 @@ class Engine(object):
             others = []
             for ver in crds.served_versions(crd)[:1]:
                 items = self.api.list(api_path(crds.GROUP, ver, crds.PLURAL))
-                others = [_meta(i).get("name") for i in items if _meta(i).get("name") != self.st.driver]
+                others = [_meta(i).get("name") for i in items
+                          if not (sms_removed and _meta(i).get("name") == self.st.driver)]
             if others:
-                self.warn("CustomResourceDefinition %s kept: other SnapshotMetadataServices still use it (%s)"
-                          % (crds.CRD_NAME, ", ".join(others)))
+                why = ""
+                if self.st.driver in others:
+                    left = ("was not created by cbt.toolkit and is left in place"
+                            if facts.sms is not None and not is_ours(facts.sms) else "was not removed by this run")
+                    why = "; SnapshotMetadataService %s %s, and deleting the CRD would delete it too" % (
+                        self.st.driver, left)
+                self.warn("CustomResourceDefinition %s kept: other SnapshotMetadataServices still use it (%s)%s"
+                          % (crds.CRD_NAME, ", ".join(others), why))
                 return
             self.delete("CustomResourceDefinition", self.crd_path(), crd)
             return

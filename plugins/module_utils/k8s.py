@@ -25,6 +25,11 @@ try:
     from kubernetes import config as k8s_config
     # ApiException is re-exported for the modules that catch it.
     from kubernetes.client.rest import ApiException  # noqa: F401 pylint: disable=unused-import
+    import urllib3
+    try:
+        from urllib3 import HTTPHeaderDict
+    except ImportError:  # urllib3 1.x
+        from urllib3._collections import HTTPHeaderDict
     HAS_KUBERNETES = True
     KUBERNETES_IMP_ERR = None
 except ImportError:
@@ -94,14 +99,64 @@ def build_configuration(params):
     return configuration
 
 
+IMPERSONATE_GROUP = "Impersonate-Group"
+
+
+def _urllib3_major():
+    try:
+        return int(str(urllib3.__version__).split(".")[0])
+    except (AttributeError, ValueError):
+        return 0
+
+
+def _send_every_group(api, groups):
+    """Send one ``Impersonate-Group`` header per group on every request of ``api``.
+
+    The API server reads each header line as one group (it does not split on commas), but the
+    client keeps its headers in a dict, so ``set_default_header`` leaves only the last group. Its
+    REST layer hands that dict to ``pool_manager.request``: this wrapper passes an urllib3
+    ``HTTPHeaderDict`` instead, holding every group, which urllib3 2.x sends as one line per value.
+    """
+    pool = api.rest_client.pool_manager
+    send = pool.request
+
+    def request(method, url, *args, **kwargs):
+        headers = kwargs.pop("headers", None)
+        headers = HTTPHeaderDict(pool.headers if headers is None else headers)
+        headers.discard(IMPERSONATE_GROUP)
+        for group in groups:
+            headers.add(IMPERSONATE_GROUP, group)
+        return send(method, url, *args, headers=headers, **kwargs)
+    pool.request = request
+
+
 def get_api_client(params):
     """An ``ApiClient`` for the parameters, with impersonation headers when asked."""
     configuration = build_configuration(params)
+    groups = list(params.get("impersonate_groups") or [])
     api = k8s_client.ApiClient(configuration)
     if params.get("impersonate_user"):
         api.set_default_header("Impersonate-User", params["impersonate_user"])
-    for group in params.get("impersonate_groups") or []:
-        api.set_default_header("Impersonate-Group", group)
+    if len(groups) == 1:
+        api.set_default_header(IMPERSONATE_GROUP, groups[0])
+    elif groups:
+        # Where urllib3 would merge the repeated headers into one "a, b" line (urllib3 1.x for requests
+        # with a body; an HTTP proxy forwarding to a plain-http API server), the API server would see
+        # one group: refuse rather than impersonate the wrong groups.
+        why = None
+        plain_http = str(configuration.host or "").lower().startswith("http://")
+        if _urllib3_major() < 2:
+            why = "urllib3 %s joins repeated headers into one: install urllib3 2.0 or later" % (
+                getattr(urllib3, "__version__", "unknown"))
+        elif plain_http and isinstance(getattr(api.rest_client, "pool_manager", None), urllib3.ProxyManager):
+            why = "the HTTP proxy %s joins them into one for the plain-http API server %s: use https" % (
+                configuration.proxy, configuration.host)
+        if why:
+            getattr(api, "close", lambda: None)()
+            raise K8sConnectionError("impersonate_groups has %d groups, which must go as separate %s headers "
+                                     "(the API server does not split a comma-separated one), but %s, or give "
+                                     "a single group" % (len(groups), IMPERSONATE_GROUP, why))
+        _send_every_group(api, groups)
     return api
 
 

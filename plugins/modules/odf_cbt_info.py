@@ -110,9 +110,9 @@ EXAMPLES = r"""
     that: cbt.diagnosis.cbt_supported
     fail_msg: "{{ cbt.diagnosis.reason }}"
 
-- name: Tell the backup job which base-snapshot field the sidecar expects
+- name: Tell the backup job which base-snapshot field the sidecar expects (csi_snapshot_diff's base_snapshot_mode)
   ansible.builtin.set_fact:
-    base_field_mode: "{{ cbt.diagnosis.sidecar.delta_base_field | default('handle', true) }}"
+    backup_base_snapshot_mode: "{{ cbt.diagnosis.sidecar.delta_base_field | default('auto', true) }}"
 
 - name: Diagnose an upstream ceph-csi-operator deployment
   cbt.toolkit.odf_cbt_info:

@@ -126,3 +126,38 @@ def test_self_managed_tls_enable_renew_absent(k8s_bed, run_module):
     res, run = run_module(ENABLE, dict(args, state="absent"))
     assert res["changed"] is False, res["actions"]
     k8s_bed.check_loops()
+
+
+def test_absent_keeps_the_crd_while_a_foreign_sms_named_after_the_driver_remains(k8s_bed, own_odf, run_module):
+    ns = "rook-foreign"
+    driver, op = own_odf(k8s_bed, ns, "0.0.0", profile=OperatorProfile.upstream_main(), olm=False, imageset=False)
+    args = k8s_bed.run_args(driver=driver, namespace=ns)
+    res, run = run_module(ENABLE, args)
+    ok(res, run)
+    assert k8s_bed.sms(driver) is not None and "crd" in k8s_bed.ours(ns)
+
+    # someone takes the SnapshotMetadataService over: without our label it is not ours any more
+    sms_path = "/apis/cbt.storage.k8s.io/v1beta1/snapshotmetadataservices/%s" % driver
+    k8s_bed.rest.merge(sms_path, {"metadata": {"labels": {"app.kubernetes.io/managed-by": "someone-else"}}})
+    foreign = k8s_bed.sms(driver)
+
+    for check in (True, False):
+        res, run = run_module(ENABLE, dict(args, state="absent"), check=check)
+        ok(res, run)
+        assert not [a for a in res["actions"] if "CustomResourceDefinition" in a or "SnapshotMetadataService" in a]
+        why = ("SnapshotMetadataService %s was not created by cbt.toolkit and is left in place, and deleting the "
+               "CRD would delete it too" % driver)
+        kept = [w for w in res.get("warnings") or []
+                if w.startswith("CustomResourceDefinition snapshotmetadataservices.cbt.storage.k8s.io kept")]
+        assert len(kept) == 1 and why in kept[0], res.get("warnings")
+        # the CRD and with it the foreign SnapshotMetadataService survive
+        assert k8s_bed.crd() is not None
+        assert k8s_bed.sms(driver)["metadata"]["uid"] == foreign["metadata"]["uid"]
+
+    # once it is gone, absent removes the CRD
+    k8s_bed.rest.delete(sms_path)
+    res, run = run_module(ENABLE, dict(args, state="absent"))
+    ok(res, run)
+    assert res["actions"] == ["delete CustomResourceDefinition snapshotmetadataservices.cbt.storage.k8s.io"]
+    k8s_bed.wait_for("CRD deleted", lambda: k8s_bed.crd() is None)
+    k8s_bed.check_loops()

@@ -241,6 +241,24 @@ def test_diagnose_scc_without_secret_and_enabled_case():
     assert diag["driver"]["tls_volume"]["type"] == "projected"
 
 
+def test_name_based_sidecar_hint_names_the_real_csi_snapshot_diff_option():
+    from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_diff
+
+    st = dg.Settings(params())
+    diag = dg.diagnose(st, facts_for(csv("cephcsi-operator.v4.20.0-rhodf", "4.20.0-rhodf"),
+                                     crd_versions=["v1alpha1", "v1beta1"],
+                                     deploy=deployment(BASE8, "registry.k8s.io/sig-storage/csi-snapshot-metadata:v0.1.0"),
+                                     sms=True))
+    hint = [p for p in diag["problems"] if p["code"] == "sidecar_name_based_delta"]
+    assert len(hint) == 1 and hint[0]["blocking"] is False
+    msg = hint[0]["message"]
+    assert "clients must use base_snapshot_mode=name, or set sidecar_image to v0.2.0 or later" in msg
+    assert "base_field_mode" not in msg
+    # the option and the value the message names exist in csi_snapshot_diff
+    spec = _csi_diff.argument_spec()
+    assert "name" in spec["base_snapshot_mode"]["choices"]
+
+
 def test_sidecar_version_only_trusts_upstream_image_names():
     assert dg.sidecar_version_of("registry.k8s.io/sig-storage/csi-snapshot-metadata:v0.2.0", (4, 20, 0)) == (0, 2, 0)
     # downstream ODF image tagged with the product version: the release's shipped sidecar is assumed
