@@ -22,16 +22,21 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._csi_codec import (
     encode_delta_request,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_k8s import (
+    ApiTransportError,
     CsiDiffError,
     Discovery,
     TokenSource,
+    api_unreachable_message,
     decode_ca,
     parse_version,
+    same_volume_problem,
+    snapshot_order_problem,
     split_address,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_stream import (
     ExtentSink,
     SnapshotMetadataError,
+    StreamFailure,
     StreamRunner,
     looks_like_v010,
 )
@@ -201,6 +206,15 @@ def _full_sync_result(reason, started, base):
 def run(params, api_client, check_mode=False, on_token=None, transport_factory=None, proxy_factory=None,
         sleep=time.sleep):
     """Run the query; return the module result (without ``changed``). Raises ``CsiDiffError``."""
+    try:
+        return _run(params, api_client, check_mode, on_token, transport_factory, proxy_factory, sleep)
+    except ApiTransportError as exc:
+        # The kubernetes client raises urllib3 errors (MaxRetryError, SSLError) when the API server is
+        # not reached or its certificate fails verification.
+        raise CsiDiffError(api_unreachable_message(exc, api_client))
+
+
+def _run(params, api_client, check_mode, on_token, transport_factory, proxy_factory, sleep):
     started = time.monotonic()
     discovery = Discovery(api_client)
     namespace = params["namespace"]
@@ -227,10 +241,10 @@ def run(params, api_client, check_mode=False, on_token=None, transport_factory=N
             raise CsiDiffError("base VolumeSnapshot %s/%s belongs to CSI driver %s but the target %s belongs to %s: "
                                "both must come from the same driver and volume"
                                % (namespace, base_name, base_info.driver, target.name, driver))
-        elif base_info.pvc and target.pvc and base_info.pvc != target.pvc:
-            raise CsiDiffError("base VolumeSnapshot %s/%s is of PVC %s but the target %s is of PVC %s: a delta needs two "
-                               "snapshots of the same volume" % (namespace, base_name, base_info.pvc, target.name, target.pvc))
         else:
+            problem = same_volume_problem(base_info, target) or snapshot_order_problem(base_info, target)
+            if problem:
+                raise CsiDiffError(problem, snapshot=target.as_dict(), base_snapshot=base_info.as_dict())
             base_handle = base_info.handle
     call = "delta" if (base_name or base_handle) else "allocated"
     base_shown = base_name or base_handle
@@ -334,9 +348,22 @@ def run(params, api_client, check_mode=False, on_token=None, transport_factory=N
                 def build(token, offset):
                     return encode_allocated_request(token, namespace, target.name, offset, params["max_results"])
                 method = METHOD_ALLOCATED
-            runner = StreamRunner(lambda request: transport.open_stream(method, request), build, tokens,
-                                  retries=params["retries"], retry_delay=params["retry_delay"], sleep=sleep,
-                                  context=ctx)
+
+            def open_stream(request):
+                seen = len(proxy.errors) if proxy is not None else 0
+                try:
+                    yield from transport.open_stream(method, request)
+                except StreamFailure as exc:
+                    failed = proxy.errors[seen:] if proxy is not None else []
+                    if failed:
+                        # gRPC only saw the connection close ("Handshake read failed"); retrying cannot
+                        # help while the port-forward itself is refused.
+                        raise CsiDiffError(_port_forward_message(ctx, failed, exc), grpc_code=exc.code,
+                                           port_forward_errors=failed[-5:])
+                    raise
+
+            runner = StreamRunner(open_stream, build, tokens, retries=params["retries"],
+                                  retry_delay=params["retry_delay"], sleep=sleep, context=ctx)
             try:
                 runner.run(params["starting_offset"], local_sink)
                 local_sink.close()
@@ -397,6 +424,19 @@ def run(params, api_client, check_mode=False, on_token=None, transport_factory=N
     if call == "delta" and result.get("base_snapshot_mode"):
         result["base_snapshot_mode"]["used"] = mode
     return result
+
+
+def _port_forward_message(ctx, errors, failure):
+    what = ("GetMetadataDelta for VolumeSnapshot %s/%s against base %s" % (ctx["namespace"], ctx["snapshot"], ctx["base"])
+            if ctx.get("call") == "delta" else
+            "GetMetadataAllocated for VolumeSnapshot %s/%s" % (ctx["namespace"], ctx["snapshot"]))
+    unique = []
+    for error in errors:
+        if error not in unique:
+            unique.append(error)
+    return ("%s could not reach the SnapshotMetadata service at %s: %s (gRPC saw %s: %s); fix the port-forward, "
+            "or connect from inside the cluster (transport: direct) or through a port-forward of your own (connect_to)"
+            % (what, ctx.get("address"), "; ".join(unique[-3:]), failure.code, failure.details))
 
 
 def _default_transport(target, ca_pem, server_name, timeout):

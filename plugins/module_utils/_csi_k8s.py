@@ -25,6 +25,22 @@ try:
 except ImportError:  # the module reports missing_required_lib before using anything here
     k8s_client = None
 
+try:
+    # What the kubernetes client raises when the API server is not reached at all (connection refused,
+    # DNS, timeouts, a certificate that fails verification): urllib3's MaxRetryError and kin.
+    from urllib3.exceptions import HTTPError as ApiTransportError
+    from urllib3.exceptions import MaxRetryError
+    from urllib3.exceptions import SSLError as _Urllib3SSLError
+except ImportError:  # urllib3 comes with kubernetes; without it nothing here runs
+    class ApiTransportError(Exception):
+        """Placeholder: urllib3 is not installed."""
+
+    class MaxRetryError(ApiTransportError):
+        """Placeholder: urllib3 is not installed."""
+
+    class _Urllib3SSLError(ApiTransportError):
+        """Placeholder: urllib3 is not installed."""
+
 SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
 SNAPSHOT_VERSION = "v1"
 SMS_GROUP = "cbt.storage.k8s.io"
@@ -68,6 +84,9 @@ class SnapshotInfo:
         self.driver = None
         self.handle = None
         self.restore_size = None
+        self.creation_time = None          # VolumeSnapshot status.creationTime (RFC 3339 text)
+        self.content_creation_time = None  # VolumeSnapshotContent status.creationTime (ns since the epoch)
+        self.volume_handle = None          # VolumeSnapshotContent spec.source.volumeHandle (source volume)
         self.problem = None  # why the snapshot cannot be used, or None
 
     def as_dict(self):
@@ -81,6 +100,8 @@ class SnapshotInfo:
             "driver": self.driver,
             "snapshot_handle": self.handle,
             "restore_size": self.restore_size,
+            "creation_time": self.creation_time,
+            "source_volume_handle": self.volume_handle,
         }
 
 
@@ -115,6 +136,7 @@ class Discovery:
         info.class_name = _get(vs, "spec", "volumeSnapshotClassName")
         status = vs.get("status") or {}
         info.restore_size = status.get("restoreSize")
+        info.creation_time = status.get("creationTime")
         info.content_name = status.get("boundVolumeSnapshotContentName")
         if status.get("error"):
             err = status["error"]
@@ -138,6 +160,8 @@ class Discovery:
                 "; the Kubernetes user needs cluster-wide 'get' on volumesnapshotcontents.snapshot.storage.k8s.io"
                 if _status_of(exc) == 403 else ""))
         info.driver = _get(vsc, "spec", "driver")
+        info.volume_handle = _get(vsc, "spec", "source", "volumeHandle")
+        info.content_creation_time = _get(vsc, "status", "creationTime")
         ref = _get(vsc, "spec", "volumeSnapshotRef") or {}
         if ref.get("name") != name or ref.get("namespace") != namespace or (
                 ref.get("uid") and info.uid and ref.get("uid") != info.uid):
@@ -203,8 +227,8 @@ class Discovery:
                     "ca_cert": cm.data.get("caCert"),
                 }
         if last_error is not None:
-            raise CsiDiffError(api_error_message(last_error, "reading SnapshotMetadataService %s" % driver) +
-                               "; the Kubernetes user needs 'get' on snapshotmetadataservices.cbt.storage.k8s.io")
+            raise CsiDiffError("%s; the Kubernetes user needs 'get' on snapshotmetadataservices.cbt.storage.k8s.io"
+                               % api_error_message(last_error, "reading SnapshotMetadataService %s" % driver))
         return None
 
     # ------------------------------------------------------------ tokens
@@ -274,10 +298,19 @@ class Discovery:
         for owner, container in images:
             image = container.image or ""
             if container.name == SIDECAR_CONTAINER or "snapshot-metadata" in image.rsplit("/", 1)[-1]:
+                where = "image %s of container %s in %s" % (image, container.name, owner)
+                tag = image_tag(image)
+                if tag is None:
+                    return None, "%s has no version tag" % where
+                if not is_upstream_sidecar_image(image):
+                    # A downstream build (ODF's ose-csi-external-snapshot-metadata-rhel9:v4.20) is tagged
+                    # with the product version, which says nothing about the sidecar version inside.
+                    return None, ("%s is not the upstream %s image, so its tag %s is not the sidecar version"
+                                  % (where, SIDECAR_CONTAINER, tag))
                 version = parse_image_version(image)
                 if version is not None:
-                    return version, "image %s of container %s in %s" % (image, container.name, owner)
-                return None, "image %s of container %s in %s has no version tag" % (image, container.name, owner)
+                    return version, where
+                return None, "%s has no version tag (tag %s)" % (where, tag)
         return None, "no %s container found behind Service %s/%s" % (SIDECAR_CONTAINER, namespace, name)
 
     def port_forward_target(self, address):
@@ -299,8 +332,8 @@ class Discovery:
             slices = self.discovery_api.list_namespaced_endpoint_slice(
                 namespace, label_selector="kubernetes.io/service-name=%s" % name).items
         except ApiException as exc:
-            raise CsiDiffError(api_error_message(exc, "listing EndpointSlices of Service %s/%s" % (namespace, name)) +
-                               "; the Kubernetes user needs 'list' on endpointslices.discovery.k8s.io")
+            raise CsiDiffError("%s; the Kubernetes user needs 'list' on endpointslices.discovery.k8s.io"
+                               % api_error_message(exc, "listing EndpointSlices of Service %s/%s" % (namespace, name)))
         for eps in slices:
             number = None
             for ep_port in eps.ports or []:
@@ -387,13 +420,29 @@ def split_address(address):
     return host, int(port)
 
 
-def parse_image_version(image):
-    """``registry/sig-storage/csi-snapshot-metadata:v1.1.0`` -> ``(1, 1, 0)``; None without a tag."""
-    name = image.split("@", 1)[0]
-    last = name.rsplit("/", 1)[-1]
+def image_tag(image):
+    """The tag of an image reference (``registry:5000/a/b:v1@sha256:...`` -> ``v1``), or None."""
+    last = (image or "").split("@", 1)[0].rsplit("/", 1)[-1]
     if ":" not in last:
         return None
-    return parse_version(last.rsplit(":", 1)[1])
+    return last.rsplit(":", 1)[1] or None
+
+
+def is_upstream_sidecar_image(image):
+    """Whether the image repository's last path component is exactly ``csi-snapshot-metadata``: only
+    the upstream image (``registry.k8s.io/sig-storage/csi-snapshot-metadata``) is tagged with the
+    sidecar version. Same rule as ``_odf_diagnosis.sidecar_version_of``."""
+    last = (image or "").split("@", 1)[0].rsplit("/", 1)[-1]
+    return last.split(":", 1)[0] == SIDECAR_CONTAINER
+
+
+def parse_image_version(image):
+    """Sidecar version carried by an image tag: ``registry/sig-storage/csi-snapshot-metadata:v1.1.0``
+    -> ``(1, 1, 0)``. None without a version tag, and None for any other image than the upstream
+    ``csi-snapshot-metadata`` (a downstream tag such as ODF's ``v4.20`` is a product version)."""
+    if not is_upstream_sidecar_image(image):
+        return None
+    return parse_version(image_tag(image))
 
 
 def parse_version(text):
@@ -419,3 +468,110 @@ def decode_ca(value, source):
     if PEM_MARKER not in text:
         raise CsiDiffError("caCert of %s does not contain a PEM certificate (%s)" % (source, PEM_MARKER))
     return text.strip().encode("utf-8") + b"\n"
+
+
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?(?:([Zz])|([+-])(\d{2}):?(\d{2}))?$")
+
+
+def parse_creation_time(value):
+    """A VolumeSnapshot ``status.creationTime`` (RFC 3339 text) as an aware datetime, or None."""
+    match = _RFC3339.match(str(value).strip()) if value else None
+    if not match:
+        return None
+    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    micro = int((match.group(7) or "0")[:6].ljust(6, "0"))
+    offset = datetime.timedelta(0)
+    if match.group(9):
+        offset = datetime.timedelta(hours=int(match.group(10)), minutes=int(match.group(11)))
+        if match.group(9) == "-":
+            offset = -offset
+    try:
+        return datetime.datetime(year, month, day, hour, minute, second, micro, tzinfo=datetime.timezone(offset))
+    except ValueError:
+        return None
+
+
+def _content_time(value):
+    """A VolumeSnapshotContent ``status.creationTime`` (int64 nanoseconds) as an int, or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return None
+    return value
+
+
+def _content_time_text(nanoseconds):
+    seconds, nanos = divmod(nanoseconds, 10 ** 9)
+    moment = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(seconds=seconds)
+    return "%s.%09dZ" % (moment.strftime("%Y-%m-%dT%H:%M:%S"), nanos)
+
+
+def snapshot_order_problem(base, target):
+    """Why ``base`` cannot be the base of a delta to ``target`` because it was taken after it, or None.
+
+    Compares the VolumeSnapshots' ``status.creationTime`` (second precision); on a tie, or when
+    one is missing, the VolumeSnapshotContents' ``status.creationTime`` (nanoseconds, from the
+    driver). Equal or absent times are accepted: the order is then unknown, not wrong."""
+    base_vs, target_vs = parse_creation_time(base.creation_time), parse_creation_time(target.creation_time)
+    base_vsc, target_vsc = _content_time(base.content_creation_time), _content_time(target.content_creation_time)
+    later = None
+    if base_vs is not None and target_vs is not None and base_vs != target_vs:
+        if base_vs > target_vs:
+            later = ("VolumeSnapshot status.creationTime", base.creation_time, target.creation_time)
+    elif base_vsc is not None and target_vsc is not None and base_vsc > target_vsc:
+        later = ("VolumeSnapshotContent status.creationTime, %s and %s" % (base.content_name, target.content_name),
+                 _content_time_text(base_vsc), _content_time_text(target_vsc))
+    if later is None:
+        return None
+    source, base_text, target_text = later
+    return ("base VolumeSnapshot %s/%s was created at %s, after the target VolumeSnapshot %s/%s (created at %s; "
+            "from %s): a delta lists the changes from an earlier base to a later target; swap base_snapshot and "
+            "snapshot" % (base.namespace, base.name, base_text, target.namespace, target.name, target_text, source))
+
+
+def same_volume_problem(base, target):
+    """Why ``base`` and ``target`` are not snapshots of the same volume, or None.
+
+    The source volume handles of the VolumeSnapshotContents (``spec.source.volumeHandle``) decide
+    when both are known: they tell a PVC deleted and recreated under the same name apart. Without
+    them (pre-provisioned contents) the PVC names of the VolumeSnapshots are compared."""
+    if base.volume_handle and target.volume_handle:
+        if base.volume_handle == target.volume_handle:
+            return None
+        if base.pvc and base.pvc == target.pvc:
+            return ("base VolumeSnapshot %s/%s and the target %s are both of PVC %s, but of different volumes: "
+                    "volume handle %s (VolumeSnapshotContent %s) and %s (VolumeSnapshotContent %s); the PVC was "
+                    "deleted and recreated under the same name after the base was taken, so the base cannot serve "
+                    "a delta: copy the target in full (no base_snapshot) and use snapshots of the new volume as "
+                    "bases from now on" % (base.namespace, base.name, target.name, base.pvc, base.volume_handle,
+                                           base.content_name, target.volume_handle, target.content_name))
+        return ("base VolumeSnapshot %s/%s is of PVC %s (volume handle %s, VolumeSnapshotContent %s) but the target "
+                "%s is of PVC %s (volume handle %s, VolumeSnapshotContent %s): a delta needs two snapshots of the "
+                "same volume" % (base.namespace, base.name, base.pvc, base.volume_handle, base.content_name,
+                                 target.name, target.pvc, target.volume_handle, target.content_name))
+    if base.pvc and target.pvc and base.pvc != target.pvc:
+        return ("base VolumeSnapshot %s/%s is of PVC %s but the target %s is of PVC %s: a delta needs two snapshots "
+                "of the same volume" % (base.namespace, base.name, base.pvc, target.name, target.pvc))
+    return None
+
+
+def api_unreachable_message(exc, api_client=None):
+    """Explain a urllib3 error of the kubernetes client (the API server was not reached, or its
+    certificate failed verification): the server, the cause, and what to check."""
+    configuration = getattr(api_client, "configuration", None)
+    host = getattr(configuration, "host", None) or "(unknown host)"
+    cause = getattr(exc, "reason", None) if isinstance(exc, MaxRetryError) else None
+    cause = cause if cause is not None else exc
+    text = " ".join(str(cause).split())
+    if len(text) > 400:
+        text = text[:400] + "..."
+    cause_text = "%s: %s" % (type(cause).__name__, text)
+    url = getattr(exc, "url", None)
+    request = (" (request %s)" % url) if url else ""
+    if isinstance(cause, _Urllib3SSLError) or isinstance(exc, _Urllib3SSLError) or "CERTIFICATE_VERIFY_FAILED" in text:
+        return ("the TLS certificate of the Kubernetes API server %s failed verification%s: %s; check the CA it is "
+                "verified against (ca_cert, or certificate-authority[-data] of the kubeconfig context), that the "
+                "kubeconfig context (or host) points to the intended cluster, and that the server name is in its "
+                "certificate" % (host, request, cause_text))
+    return ("the Kubernetes API server %s could not be reached%s: %s; check the kubeconfig context (or host / "
+            "K8S_AUTH_HOST), that the API server is reachable from this host (network, proxy, firewall), and the "
+            "CA its certificate is verified against (ca_cert, or certificate-authority[-data] of the kubeconfig)"
+            % (host, request, cause_text))

@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import re
 import time
 from itertools import compress
 from operator import add, itemgetter, le, ne
@@ -40,17 +41,26 @@ _PERMANENT_MARKERS = (
     "failed to authorize the user",
     "failed to find the SnapshotMetadataService CR",
 )
-# TLS failures as grpc core reports them (bad CA, certificate not naming the host, handshake errors).
+# TLS failures as grpc core reports them (bad CA, certificate not naming the host, handshake errors),
+# matched case-insensitively: grpc core spells them in several cases ("Ssl Handshake Failed").
 _TLS_MARKERS = (
-    "CERTIFICATE_VERIFY_FAILED",
+    "certificate_verify_failed",
     "certificate verify failed",
-    "Hostname Verification Check failed",
+    "hostname verification check failed",
     "verification check failed",
-    "Ssl handshake failed",
-    "TSI_",
-    "SSL_ERROR",
+    "ssl handshake failed",
+    "tsi_",
+    "ssl_error",
     "handshake",
 )
+# A connection closed or reset while the handshake was under way is a transport cut (retried), not
+# a TLS verdict, although grpc core's words for it contain "handshake".
+_HANDSHAKE_CUT = re.compile(r"handshake (?:read|write) failed", re.IGNORECASE)
+
+
+def is_tls_failure(details):
+    text = _HANDSHAKE_CUT.sub("", details or "").lower()
+    return any(marker in text for marker in _TLS_MARKERS)
 
 
 class StreamFailure(Exception):
@@ -77,7 +87,7 @@ class SnapshotMetadataError(Exception):
 def is_permanent(code, details):
     if code not in RETRYABLE_CODES:
         return True
-    return any(marker in (details or "") for marker in _PERMANENT_MARKERS + _TLS_MARKERS)
+    return any(marker in (details or "") for marker in _PERMANENT_MARKERS) or is_tls_failure(details)
 
 
 def looks_like_v010(details, namespace, base_handle):
@@ -143,7 +153,7 @@ def explain(code, details, ctx):
         msg = ("%s: the sidecar looked up a VolumeSnapshot named after the base snapshot handle (%s): it is "
                "sidecar v0.1.0, which expects the base snapshot *name*; set base_snapshot_mode: name (or auto) "
                "and pass base_snapshot" % (what, d))
-    elif code == "UNAVAILABLE" and any(marker in d for marker in _TLS_MARKERS):
+    elif code == "UNAVAILABLE" and is_tls_failure(d):
         msg = ("%s: TLS verification of %s failed: %s; the CA must be the one in the SnapshotMetadataService "
                "spec.caCert (or sms_ca_cert) and the server certificate must name '%s'"
                % (what, where, d, ctx.get("server_name")))

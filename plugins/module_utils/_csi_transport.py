@@ -12,7 +12,10 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import ast
+import json
 import os
+import re
 import select
 import selectors
 import socket
@@ -155,8 +158,7 @@ class PortForwardProxy:
             try:
                 remote, forward = self._connector()
             except Exception as exc:  # pylint: disable=broad-except
-                self.errors.append("port-forward to pod %s/%s port %d failed: %s" % (
-                    self.namespace, self.pod, self.port, exc))
+                self.errors.append(connector_error_message(exc, self.namespace, self.pod, self.port))
                 return
             pump(conn, remote, self._closed)
             error = forward.error(self.port) if forward is not None and hasattr(forward, "error") else None
@@ -183,6 +185,48 @@ class PortForwardProxy:
                 pass
         if self._thread is not None:
             self._thread.join(timeout=2)
+
+
+def _status_message(body):
+    """The ``message`` of a Kubernetes Status in ``body`` (JSON text or the repr of bytes), or None."""
+    body = body.strip()
+    try:
+        if body[:2] in ("b'", 'b"'):
+            body = ast.literal_eval(body).decode("utf-8", "replace")
+        message = json.loads(body).get("message")
+    except (ValueError, SyntaxError, AttributeError, UnicodeError):
+        return None
+    return message if isinstance(message, str) and message else None
+
+
+def connector_error_message(exc, namespace, pod, port):
+    """One line for a failed port-forward connection, naming the permission a 403 lacks."""
+    text = getattr(exc, "reason", None) if getattr(exc, "status", None) is not None else None
+    text = str(text or exc)
+    # kubernetes.stream reports a refused websocket as "Handshake status 403 Forbidden -+-+- {headers}
+    # -+-+- b'{Status JSON}'": keep the status line and the Status message, not the headers.
+    parts = text.split("-+-+-")
+    if len(parts) > 1:
+        detail = _status_message(parts[-1])
+        text = "%s: %s" % (parts[0].strip(), detail) if detail else parts[0]
+    text = " ".join(text.split())
+    if len(text) > 500:
+        text = text[:500] + "..."
+    msg = "port-forward to pod %s/%s port %d failed: %s" % (namespace, pod, port, text)
+    if re.search(r"\b403\b", text) or "forbidden" in text.lower():
+        # The kubernetes client opens the port-forward as a websocket: a GET, authorized as 'get' on
+        # pods/portforward (and as 'create' too where websocket upgrades need it); kubectl's POST needs 'create'.
+        denied = re.search(r'cannot (\w+) resource "pods/portforward"', text)
+        if denied:
+            msg += ("; the Kubernetes user needs '%s' on pods/portforward in namespace %s (grant 'get' and 'create')"
+                    % (denied.group(1), namespace))
+        else:
+            msg += "; the Kubernetes user needs 'get' and 'create' on pods/portforward in namespace %s" % namespace
+    elif re.search(r"\b401\b", text) or "unauthorized" in text.lower():
+        msg += "; the Kubernetes credentials were rejected: check the token or client certificate of the kubeconfig"
+    elif re.search(r"\b404\b", text):
+        msg += "; the pod no longer exists: run again to pick a current pod behind the Service"
+    return msg
 
 
 def pump(local, remote, closed, chunk=65536):

@@ -48,6 +48,9 @@ options:
   base_snapshot:
     description:
       - Name of an earlier VolumeSnapshot of the same volume. The changed blocks between it and O(snapshot) are listed.
+      - The module fails when the two are of different volumes (the source volume handles of their
+        VolumeSnapshotContents differ, or without them the PVC names), or when the base was created after
+        O(snapshot) (C(status.creationTime)).
       - When the base is missing or unusable (not ready, no handle), see O(on_base_unusable).
       - Mutually exclusive with O(base_snapshot_handle).
     type: str
@@ -66,6 +69,9 @@ options:
         Deployment (or pods) behind the service address; if the version cannot be found it sends the handle and
         switches to the name when the sidecar answers like v0.1.0. The decision and its reason are returned in
         RV(base_snapshot_mode).
+      - Only the tag of the upstream image (repository name exactly C(csi-snapshot-metadata)) counts as the sidecar
+        version. A downstream build such as ODF's C(ose-csi-external-snapshot-metadata-rhel9:v4.20) is tagged with
+        the product version, so the sidecar version is then unknown; set O(sidecar_version) to skip the probe.
     type: str
     choices: [auto, name, handle]
     default: auto
@@ -119,7 +125,10 @@ options:
       - How to reach the sidecar. V(direct) connects to the service address (inside the cluster). V(port_forward)
         opens a local port carried to a ready pod behind the service through the Kubernetes API (outside the
         cluster); the Kubernetes user then needs C(get) on C(services), C(list) on
-        C(endpointslices.discovery.k8s.io) and C(create) on C(pods/portforward).
+        C(endpointslices.discovery.k8s.io) and C(get) and C(create) on C(pods/portforward) (the port-forward is
+        a websocket C(GET), which some clusters also authorize as C(create)).
+      - When the port-forward itself is refused (for example HTTP 403 from the API server), the module fails at
+        once with that reason and the missing permission instead of retrying.
       - V(auto) connects directly inside a pod or when the service host name resolves, and port-forwards otherwise.
       - The certificate is verified against the host of the service address in every case.
     type: str
@@ -291,6 +300,12 @@ snapshot:
     persistent_volume_claim:
       description: Source PVC, when known.
       type: str
+    creation_time:
+      description: C(status.creationTime) of the VolumeSnapshot, when set.
+      type: str
+    source_volume_handle:
+      description: CSI handle of the source volume (C(spec.source.volumeHandle) of the VolumeSnapshotContent), when known.
+      type: str
 base_snapshot:
   description: The base snapshot (same keys as RV(snapshot)), or only its C(snapshot_handle) when given as a handle.
   returned: success and a base was given
@@ -425,7 +440,11 @@ from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import (
     k8s_auth_argument_spec,
     require_kubernetes,
 )
-from ansible_collections.cbt.toolkit.plugins.module_utils._csi_k8s import CsiDiffError
+from ansible_collections.cbt.toolkit.plugins.module_utils._csi_k8s import (
+    ApiTransportError,
+    CsiDiffError,
+    api_unreachable_message,
+)
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_transport import GRPC_IMP_ERR, HAS_GRPC
 from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_diff
 from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentError
@@ -449,6 +468,7 @@ def main():
     def hide(token):
         module.no_log_values.add(token)
 
+    api_client = None
     try:
         api_client = get_api_client(module.params)
         result = _csi_diff.run(module.params, api_client, check_mode=module.check_mode, on_token=hide)
@@ -456,6 +476,8 @@ def main():
         module.fail_json(msg=exc.msg, **exc.extra)
     except K8sConnectionError as exc:
         module.fail_json(msg=str(exc))
+    except ApiTransportError as exc:  # urllib3 (MaxRetryError, SSLError): the API server was not reached
+        module.fail_json(msg=api_unreachable_message(exc, api_client))
     except (ExtentError, IOError, OSError) as exc:
         module.fail_json(msg="writing the extent file %s failed: %s" % (module.params.get("output_file"), exc),
                          exception=traceback.format_exc())

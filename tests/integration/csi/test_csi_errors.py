@@ -7,9 +7,13 @@ name (TLS), OUT_OF_RANGE, INVALID_ARGUMENT from the sidecar and from the driver,
 NOT_FOUND and FAILED_PRECONDITION on the base (full sync), UNAVAILABLE after bounded retries,
 INTERNAL from the sidecar's authentication, unusable snapshots and Kubernetes permission problems."""
 
-import pytest
+import base64
+import time
 
-from csi_helpers import AUDIENCE, SA_NO_RBAC, module_args, run_flow  # pylint: disable=import-error
+import pytest
+import yaml
+
+from csi_helpers import AUDIENCE, NAMESPACE, SA_NO_RBAC, module_args, params, run_flow  # pylint: disable=import-error
 from testbed.csi import ServingCert
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_k8s import CsiDiffError
@@ -211,3 +215,95 @@ def test_operator_without_serviceaccounts_token(beta_bed, fixed):
         _csi_diff.run(params(snapshot=snap, connect_to=fixed.sidecar.local_address), api)
     assert "requesting a token for ServiceAccount apps/backup-client" in err.value.msg
     assert "needs 'create' on serviceaccounts/token in namespace apps" in err.value.msg
+
+
+def test_untrusted_api_server_certificate_fails_cleanly(beta_bed, fixed, run_module, tmp_path):
+    """A kubeconfig whose CA does not sign the API server's certificate: the kubernetes client raises
+    urllib3's MaxRetryError(SSLError); the module fails with the server, the cause and what to check."""
+    _vol, snap = one_snapshot(fixed)
+    doc = yaml.safe_load(beta_bed.cluster.kubeconfig.read_text())
+    doc["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(
+        ServingCert(["elsewhere.invalid"]).ca_pem).decode()
+    kubeconfig = tmp_path / "wrong-ca.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(doc))
+    args = module_args(beta_bed.cluster, snapshot=snap, connect_to=fixed.sidecar.local_address)
+    args["kubeconfig"] = str(kubeconfig)
+    result, run = run_module("csi_snapshot_diff", args)
+    assert result.get("failed") is True, run
+    assert "MODULE FAILURE" not in result["msg"] and "Traceback" not in run.stdout + run.stderr
+    assert result["msg"].startswith("the TLS certificate of the Kubernetes API server %s failed verification"
+                                    % beta_bed.cluster.host), result["msg"]
+    assert "CERTIFICATE_VERIFY_FAILED" in result["msg"] and "check the CA" in result["msg"]
+    assert "kubeconfig context" in result["msg"]
+
+
+def test_refused_port_forward_fails_at_once_naming_the_permission(beta_bed, fixed):
+    """transport: port_forward with a Kubernetes user that may read the Service and its EndpointSlices
+    but not create pods/portforward: the API server answers the websocket with 403; the module fails on
+    the first broken stream with that reason instead of retrying and blaming the sidecar."""
+    _vol, snap = one_snapshot(fixed)
+    user = "pf-denied"
+    kubeconfig = beta_bed.bed.operator_kubeconfig(user, NAMESPACE)
+    beta_bed.bed.rbac.create_namespaced_role("csi-driver", {
+        "metadata": {"name": "cbt-test-find-pod-%s" % user},
+        "rules": [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]},
+                  {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list"]}]})
+    beta_bed.bed.rbac.create_namespaced_role_binding("csi-driver", {
+        "metadata": {"name": "cbt-test-find-pod-%s" % user},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cbt-test-find-pod-%s" % user},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+    from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_diff  # pylint: disable=import-outside-toplevel
+    sleeps = []
+    started = time.monotonic()
+    with pytest.raises(CsiDiffError) as err:
+        _csi_diff.run(params(snapshot=snap, transport="port_forward", retry_delay=1.0),
+                      beta_bed.cluster.api_client(kubeconfig), sleep=sleeps.append)
+    msg = err.value.msg
+    assert msg.startswith("GetMetadataAllocated for VolumeSnapshot apps/%s could not reach the SnapshotMetadata service "
+                          "at csi-snapshot-metadata.csi-driver.svc:6443: port-forward to pod csi-driver/"
+                          "csi-test-driver-ctrlplugin-0 port 50051 failed: Handshake status 403 Forbidden" % snap), msg
+    # the kubernetes client's websocket is a GET: RBAC asks for 'get' on pods/portforward
+    assert 'User "%s" cannot get resource "pods/portforward"' % user in msg
+    assert "the Kubernetes user needs 'get' on pods/portforward in namespace csi-driver (grant 'get' and 'create')" in msg
+    assert "TLS verification" not in msg and "sidecar and the CSI driver are running" not in msg
+    assert sleeps == [] and time.monotonic() - started < 20
+    # the admin may port-forward, but the pod named by the EndpointSlice does not exist here
+    with pytest.raises(CsiDiffError) as err:
+        run_flow(beta_bed.cluster, snapshot=snap, transport="port_forward")
+    assert "port-forward to pod csi-driver/csi-test-driver-ctrlplugin-0 port 50051 failed: Handshake status 404" \
+        in err.value.msg and "not found" in err.value.msg
+
+
+def test_base_taken_after_the_target_is_refused(beta_bed, fixed):
+    vol = fixed.volume(1 << 20)
+    vol.fill(0, 4096, 1)
+    earlier = vol.snapshot()
+    vol.fill(8192, 4096, 2)
+    later = vol.snapshot()
+    err = fails(beta_bed.cluster, snapshot=earlier, base_snapshot=later, connect_to=fixed.sidecar.local_address)
+    assert "base VolumeSnapshot apps/%s was created at " % later in err.msg
+    assert ", after the target VolumeSnapshot apps/%s (created at " % earlier in err.msg
+    assert "swap base_snapshot and snapshot" in err.msg
+    fixed.driver.clear_calls()
+    result = run_flow(beta_bed.cluster, snapshot=later, base_snapshot=earlier, connect_to=fixed.sidecar.local_address)
+    assert [(e["offset"], e["length"]) for e in result["extents"]] == vol.expected(later, earlier)
+    assert result["base_snapshot"]["creation_time"] and result["snapshot"]["source_volume_handle"] == vol.pvc
+
+
+def test_pvc_recreated_under_the_same_name_is_refused(beta_bed, fixed):
+    """Two volumes whose snapshots both name PVC 'data': the VolumeSnapshotContents' source volume
+    handles tell them apart."""
+    old = fixed.volume(1 << 20, pvc="pvc-0f1e-old")  # the bed uses the PVC name as the volume handle
+    old.fill(0, 4096, 1)
+    base = old.snapshot()
+    new = fixed.volume(1 << 20, pvc="pvc-7a2b-new")
+    new.fill(0, 4096, 2)
+    target = new.snapshot()
+    for name in (base, target):
+        beta_bed.bed.custom.patch_namespaced_custom_object(
+            "snapshot.storage.k8s.io", "v1", NAMESPACE, "volumesnapshots", name,
+            {"spec": {"source": {"persistentVolumeClaimName": "data"}}})
+    err = fails(beta_bed.cluster, snapshot=target, base_snapshot=base, connect_to=fixed.sidecar.local_address)
+    assert "base VolumeSnapshot apps/%s and the target %s are both of PVC data, but of different volumes: volume " \
+           "handle pvc-0f1e-old" % (base, target) in err.msg
+    assert "deleted and recreated under the same name" in err.msg

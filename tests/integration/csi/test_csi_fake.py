@@ -67,6 +67,20 @@ def test_v010_detected_by_probing_when_the_image_has_no_tag(beta_bed, fake_servi
     assert [r[3] for r in svc.server.requests] == [handle, "mon"]
 
 
+def test_odf_downstream_image_tag_is_not_taken_for_the_sidecar_version(beta_bed, fake_service):
+    """ODF 4.20/4.21 run a v0.1.0 sidecar from an image tagged with the product version: auto must not
+    read v4.20 as sidecar 4.20.0 (>= 0.2.0, handle without probe) but probe and switch to the name."""
+    svc, handle = v010_service(fake_service)
+    svc.workload("registry.redhat.io/odf4/ose-csi-external-snapshot-metadata-rhel9:v4.20")
+    result = flow(beta_bed, svc, snapshot="tue", base_snapshot="mon")
+    assert as_pairs(result["extents"]) == DELTA_EXTENTS
+    assert result["base_snapshot_mode"]["used"] == "name"
+    reason = result["base_snapshot_mode"]["reason"]
+    assert "switched to the base snapshot name" in reason
+    assert "is not the upstream csi-snapshot-metadata image, so its tag v4.20 is not the sidecar version" in reason
+    assert [r[3] for r in svc.server.requests] == [handle, "mon"]
+
+
 def test_handle_sent_to_v010_is_explained(beta_bed, fake_service):
     svc, _handle = v010_service(fake_service)
     with pytest.raises(CsiDiffError) as err:

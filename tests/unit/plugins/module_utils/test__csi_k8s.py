@@ -64,6 +64,11 @@ def test_split_address_rejects(address):
     ("localhost:5000/csi-snapshot-metadata", None),
     ("quay.io/x/ose-csi-external-snapshot-metadata-rhel9@sha256:" + "b" * 64, None),
     ("x/csi-snapshot-metadata:latest", None),
+    # downstream builds are tagged with the product version, not the sidecar's (ODF 4.20 ships v0.1.0)
+    ("registry.redhat.io/odf4/ose-csi-external-snapshot-metadata-rhel9:v4.20", None),
+    ("quay.io/x/ose-csi-external-snapshot-metadata-rhel9:v4.21.0@sha256:" + "c" * 64, None),
+    ("example.com/csi-snapshot-metadata-fork:v1.1.0", None),
+    ("example.com/csi-snapshot-metadata/custom:v1.1.0", None),
 ])
 def test_parse_image_version(image, version):
     assert k8s.parse_image_version(image) == version
@@ -74,6 +79,9 @@ class FakeCustom:
         self.objects = objects or {}
         self.errors = errors or {}
         self.calls = []
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        return self.get_cluster_custom_object(group, version, plural, "%s/%s" % (namespace, name))
 
     def get_cluster_custom_object(self, group, version, plural, name):
         key = (group, version, plural, name)
@@ -225,3 +233,232 @@ def test_check_params(change, text):
     assert _csi_diff.check_params(params) is None
     params.update(change)
     assert text in _csi_diff.check_params(params)
+
+
+# ---------------------------------------------------------------- sidecar version from the image
+
+
+class FakeWorkload:
+    """Service ``sms/csi-driver`` selecting a Deployment whose sidecar container runs ``image``."""
+
+    def __init__(self, image, container="csi-snapshot-metadata"):
+        from kubernetes import client as kc  # pylint: disable=import-outside-toplevel
+        self.service = kc.V1Service(metadata=kc.V1ObjectMeta(name="sms", namespace="csi-driver"),
+                                    spec=kc.V1ServiceSpec(selector={"app": "ctrl"}))
+        template = kc.V1PodTemplateSpec(
+            metadata=kc.V1ObjectMeta(labels={"app": "ctrl"}),
+            spec=kc.V1PodSpec(containers=[kc.V1Container(name="csi-rbdplugin", image="quay.io/cephcsi/cephcsi:v3.15.0"),
+                                          kc.V1Container(name=container, image=image)]))
+        self.deployment = kc.V1Deployment(metadata=kc.V1ObjectMeta(name="ctrlplugin", namespace="csi-driver"),
+                                          spec=kc.V1DeploymentSpec(selector=kc.V1LabelSelector(), template=template))
+
+    def read_namespaced_service(self, name, namespace):
+        assert (name, namespace) == ("sms", "csi-driver")
+        return self.service
+
+    def list_namespaced_deployment(self, namespace):
+        class Items:
+            items = [self.deployment]
+        return Items
+
+
+def workload_discovery(image, container="csi-snapshot-metadata"):
+    d = discovery()
+    d.core = d.apps = FakeWorkload(image, container)
+    return d
+
+
+def test_sidecar_version_trusts_only_the_upstream_image():
+    version, evidence = workload_discovery("registry.k8s.io/sig-storage/csi-snapshot-metadata:v1.1.0").sidecar_version(
+        "sms.csi-driver.svc:6443")
+    assert version == (1, 1, 0) and "Deployment csi-driver/ctrlplugin" in evidence
+
+
+@pytest.mark.parametrize("image", [
+    "registry.redhat.io/odf4/ose-csi-external-snapshot-metadata-rhel9:v4.20",
+    "registry.redhat.io/odf4/ose-csi-external-snapshot-metadata-rhel9:v4.21@sha256:" + "d" * 64,
+])
+def test_odf_downstream_image_tag_is_not_the_sidecar_version(image):
+    """ODF 4.20/4.21 tag their v0.1.0 sidecar build v4.20/v4.21: read as 4.20.0 >= 0.2.0 it made auto
+    send the base handle with the probe off, which v0.1.0 cannot serve."""
+    d = workload_discovery(image)
+    version, evidence = d.sidecar_version("sms.csi-driver.svc:6443")
+    assert version is None
+    assert "is not the upstream csi-snapshot-metadata image" in evidence and image in evidence
+    mode, reason, probe = _csi_diff.decide_base_mode({"base_snapshot_mode": "auto", "sidecar_version": None}, d,
+                                                     {"address": "sms.csi-driver.svc:6443"}, "mon", "h-mon")
+    assert (mode, probe) == ("handle", True)
+    assert "version unknown" in reason and ("v4.20" in reason or "v4.21" in reason)
+
+
+def test_sidecar_image_without_tag_is_unknown():
+    version, evidence = workload_discovery("quay.io/x/ose-csi-external-snapshot-metadata-rhel9@sha256:" + "b" * 64
+                                           ).sidecar_version("sms.csi-driver.svc:6443")
+    assert version is None and "has no version tag" in evidence
+
+
+# ---------------------------------------------------------------- snapshot fields, order and volume
+
+
+def snapshot_objects(name, pvc="data", volume_handle="vol-1", created="2026-12-07T10:00:00Z",
+                     content_created=1796637600000000000):
+    vs = {"metadata": {"name": name, "namespace": "apps", "uid": "uid-%s" % name},
+          "spec": {"source": {"persistentVolumeClaimName": pvc}},
+          "status": {"readyToUse": True, "boundVolumeSnapshotContentName": "content-%s" % name}}
+    if created:
+        vs["status"]["creationTime"] = created
+    vsc = {"spec": {"driver": "drv", "source": {"volumeHandle": volume_handle} if volume_handle else
+                    {"snapshotHandle": "h-%s" % name},
+                    "volumeSnapshotRef": {"name": name, "namespace": "apps", "uid": "uid-%s" % name}},
+           "status": {"readyToUse": True, "snapshotHandle": "h-%s" % name}}
+    if content_created:
+        vsc["status"]["creationTime"] = content_created
+    return {("snapshot.storage.k8s.io", "v1", "volumesnapshots", "apps/%s" % name): vs,
+            ("snapshot.storage.k8s.io", "v1", "volumesnapshotcontents", "content-%s" % name): vsc}
+
+
+def test_snapshot_reads_creation_times_and_the_source_volume():
+    info = discovery(FakeCustom(snapshot_objects("mon"))).snapshot("apps", "mon", "base")
+    assert info.problem is None
+    assert info.creation_time == "2026-12-07T10:00:00Z" and info.content_creation_time == 1796637600000000000
+    assert info.volume_handle == "vol-1"
+    assert info.as_dict()["source_volume_handle"] == "vol-1" and info.as_dict()["creation_time"] == info.creation_time
+    pre = discovery(FakeCustom(snapshot_objects("old", volume_handle=None, created=None, content_created=None)))
+    info = pre.snapshot("apps", "old", "base")  # pre-provisioned content: no source volume, no times
+    assert info.problem is None and info.volume_handle is None and info.creation_time is None
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("2026-12-07T10:00:00Z", datetime.datetime(2026, 12, 7, 10, 0, 0, tzinfo=datetime.timezone.utc)),
+    ("2026-12-07T10:00:00.25Z", datetime.datetime(2026, 12, 7, 10, 0, 0, 250000, tzinfo=datetime.timezone.utc)),
+    ("2026-12-07T11:00:00+01:00", datetime.datetime(2026, 12, 7, 10, 0, 0, tzinfo=datetime.timezone.utc)),
+    ("yesterday", None),
+    (None, None),
+    ("2026-13-40T10:00:00Z", None),
+])
+def test_parse_creation_time(text, expected):
+    assert k8s.parse_creation_time(text) == expected
+
+
+# The module flow with a fake Discovery: base/target checks happen before any service lookup.
+
+def fake_pem():
+    import certifi  # pylint: disable=import-outside-toplevel
+    with open(certifi.where()) as handle:
+        return handle.read()
+
+
+class FlowDiscovery:
+    """What ``_csi_diff.run`` asks of ``Discovery``: fixed snapshots, an SMS, a pod to port-forward to."""
+
+    def __init__(self, snapshots, version=(None, "no workload"), fail_on_service=False):
+        self.snapshots = snapshots
+        self.version = version
+        self.fail_on_service = fail_on_service
+
+    def snapshot(self, namespace, name, role):
+        if name in self.snapshots:
+            return self.snapshots[name]
+        info = k8s.SnapshotInfo(namespace, name)
+        info.problem = "VolumeSnapshot %s/%s (%s) does not exist" % (namespace, name, role)
+        return info
+
+    def metadata_service(self, driver, config_map_namespace=None):
+        assert not self.fail_on_service, "the base/target problem must be caught before the service lookup"
+        return {"source": "SnapshotMetadataService %s (cbt.storage.k8s.io/v1beta1)" % driver,
+                "kind": "SnapshotMetadataService", "api_version": "cbt.storage.k8s.io/v1beta1", "name": driver,
+                "address": "sms.csi-driver.svc:6443", "audience": "aud", "ca_cert": fake_pem()}
+
+    def sidecar_version(self, address):
+        return self.version
+
+    def port_forward_target(self, address):
+        return "csi-driver", "ctrl-0", 50051
+
+    def service_account_from_credentials(self):
+        return None
+
+
+class FlowTokens:
+    def __init__(self, api_client, namespace, name, audience, expiration_seconds=3600, on_token=None):
+        self.minted = 0
+
+    def get(self, force=False):
+        self.minted += 1
+        return "token"
+
+
+def flow_params(**overrides):
+    params = {k: v.get("default") for k, v in _csi_diff.argument_spec().items()}
+    params.update(namespace="apps", service_account="backup-client", retry_delay=0.0)
+    params.update(overrides)
+    return params
+
+
+def use_flow(monkeypatch, fake):
+    monkeypatch.setattr(_csi_diff, "Discovery", lambda api_client: fake)
+    monkeypatch.setattr(_csi_diff, "TokenSource", FlowTokens)
+
+
+def snap_info(name, pvc="data", volume="vol-1", created=None, content_created=None):
+    info = k8s.SnapshotInfo("apps", name)
+    info.pvc, info.driver, info.content_name, info.handle = pvc, "drv", "content-%s" % name, "h-%s" % name
+    info.volume_handle, info.creation_time, info.content_creation_time = volume, created, content_created
+    return info
+
+
+def flow_fails(monkeypatch, base, target):
+    use_flow(monkeypatch, FlowDiscovery({"mon": base, "tue": target}, fail_on_service=True))
+    with pytest.raises(k8s.CsiDiffError) as err:
+        _csi_diff.run(flow_params(snapshot="tue", base_snapshot="mon"), None)
+    return err.value
+
+
+def test_base_created_after_the_target_is_refused(monkeypatch):
+    err = flow_fails(monkeypatch, snap_info("mon", created="2026-12-08T10:00:00Z"),
+                     snap_info("tue", created="2026-12-07T10:00:00Z"))
+    assert "base VolumeSnapshot apps/mon was created at 2026-12-08T10:00:00Z, after the target VolumeSnapshot " \
+           "apps/tue (created at 2026-12-07T10:00:00Z" in err.msg
+    assert "swap base_snapshot and snapshot" in err.msg
+
+
+def test_same_second_is_ordered_by_the_contents(monkeypatch):
+    """VolumeSnapshot times have second precision; the contents' nanosecond times break a tie."""
+    err = flow_fails(monkeypatch, snap_info("mon", created="2026-12-07T10:00:00Z", content_created=1796637600500000000),
+                     snap_info("tue", created="2026-12-07T10:00:00Z", content_created=1796637600100000000))
+    assert "created at 2026-12-07T10:00:00.500000000Z, after the target" in err.msg
+    assert "VolumeSnapshotContent status.creationTime, content-mon and content-tue" in err.msg
+
+
+def test_pvc_recreated_under_the_same_name_is_refused(monkeypatch):
+    err = flow_fails(monkeypatch, snap_info("mon", pvc="data", volume="pvc-1111"),
+                     snap_info("tue", pvc="data", volume="pvc-2222"))
+    assert "both of PVC data, but of different volumes: volume handle pvc-1111 (VolumeSnapshotContent " \
+           "content-mon) and pvc-2222 (VolumeSnapshotContent content-tue)" in err.msg
+    assert "deleted and recreated" in err.msg and "copy the target in full" in err.msg
+
+
+def test_other_pvc_is_still_refused(monkeypatch):
+    err = flow_fails(monkeypatch, snap_info("mon", pvc="a", volume=None), snap_info("tue", pvc="b", volume=None))
+    assert "is of PVC a but the target tue is of PVC b: a delta needs two snapshots of the same volume" in err.msg
+    err = flow_fails(monkeypatch, snap_info("mon", pvc="a", volume="v-a"), snap_info("tue", pvc="b", volume="v-b"))
+    assert "is of PVC a (volume handle v-a" in err.msg and "a delta needs two snapshots of the same volume" in err.msg
+
+
+@pytest.mark.parametrize("base, target", [
+    # ordered, same volume
+    (snap_info("mon", created="2026-12-07T10:00:00Z"), snap_info("tue", created="2026-12-08T10:00:00Z")),
+    # same second, no content times: order unknown, accepted
+    (snap_info("mon", created="2026-12-07T10:00:00Z"), snap_info("tue", created="2026-12-07T10:00:00Z")),
+    # pre-provisioned contents: no source volume, no times; same PVC name
+    (snap_info("mon", volume=None), snap_info("tue", volume=None)),
+    # nothing known at all
+    (snap_info("mon", pvc=None, volume=None), snap_info("tue", pvc=None, volume=None)),
+    # one side without a time
+    (snap_info("mon", created="2026-12-09T10:00:00Z"), snap_info("tue")),
+    # the volume decides: a PV rebound to a PVC of another name is still the same volume
+    (snap_info("mon", pvc="old-name"), snap_info("tue", pvc="new-name")),
+])
+def test_usable_base_passes_the_checks(base, target):
+    assert k8s.same_volume_problem(base, target) is None
+    assert k8s.snapshot_order_problem(base, target) is None

@@ -12,8 +12,20 @@ import socket
 import threading
 
 import kubernetes.stream
+import pytest
+from kubernetes.client.rest import ApiException
 
+from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_diff
+from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_stream
 from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_transport as tr
+from ansible_collections.cbt.toolkit.plugins.module_utils._csi_k8s import CsiDiffError
+from ansible_collections.cbt.toolkit.tests.unit.plugins.module_utils.test__csi_k8s import (
+    FlowDiscovery,
+    fake_pem,
+    flow_params,
+    snap_info,
+    use_flow,
+)
 
 
 def echo_upper(sock):
@@ -115,3 +127,113 @@ def test_pump_stops_when_either_side_closes():
     assert done.wait(5)
     for s in (a1, a2, b1):
         s.close()
+
+
+# What kubernetes.stream raises when the API server refuses the port-forward websocket (RBAC).
+FORBIDDEN = ApiException(status=0, reason=(
+    "Handshake status 403 Forbidden -+-+- {'audit-id': 'a1', 'content-type': 'application/json', "
+    "'content-length': '331'} -+-+- b'{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},"
+    "\"status\":\"Failure\",\"message\":\"pods \\\\\"ctrl-0\\\\\" is forbidden: User \\\\\"backup\\\\\" cannot "
+    "create resource \\\\\"pods/portforward\\\\\" in API group \\\\\"\\\\\" in the namespace \\\\\"csi-driver\\\\\"\","
+    "\"reason\":\"Forbidden\",\"code\":403}'"))
+
+
+def test_forbidden_port_forward_names_the_missing_permission():
+    def refuse():
+        raise FORBIDDEN
+    proxy = tr.PortForwardProxy(None, "csi-driver", "ctrl-0", 50051, connector=refuse)
+    address = proxy.start()
+    try:
+        assert talk(address, b"x") == b""
+    finally:
+        proxy.close()
+    error = proxy.errors[0]
+    assert error.startswith("port-forward to pod csi-driver/ctrl-0 port 50051 failed: Handshake status 403 Forbidden: "
+                            'pods "ctrl-0" is forbidden: User "backup" cannot create resource "pods/portforward"')
+    assert error.endswith("; the Kubernetes user needs 'create' on pods/portforward in namespace csi-driver "
+                          "(grant 'get' and 'create')")
+    assert "audit-id" not in error  # the response headers are noise
+
+
+def refusing_listener():
+    """A peer that accepts TCP connections and closes them at once: gRPC reports 'Handshake read
+    failed'."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def loop():
+        while True:
+            try:
+                conn, _addr = listener.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=loop, daemon=True).start()
+    return listener
+
+
+def test_handshake_cut_by_the_connection_stays_retryable():
+    """A peer closing the connection during the handshake gives 'Handshake read failed': a transport
+    cut that a retry can heal (a TCP cut, a restarting sidecar), not a TLS verdict. When the cut comes
+    from a refused port-forward, the proxy's error makes it final (see below)."""
+    listener = refusing_listener()
+    transport = tr.GrpcTransport("127.0.0.1:%d" % listener.getsockname()[1], fake_pem().encode(), "sms.csi-driver.svc",
+                                 timeout=10)
+    try:
+        with pytest.raises(_csi_stream.StreamFailure) as err:
+            list(transport.open_stream("/snapshotmetadata.SnapshotMetadata/GetMetadataAllocated", b""))
+    finally:
+        transport.close()
+        listener.close()
+    assert err.value.code == "UNAVAILABLE" and "Handshake read failed" in err.value.details
+    assert not _csi_stream.is_permanent(err.value.code, err.value.details)
+
+
+@pytest.mark.parametrize("details, tls", [
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Ssl Handshake Failed: "
+     "ssl_error_ssl: error:1000007d:ssl routines:OPENSSL_internal:Certificate Verify Failed", True),
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: tsi_protocol_failure", True),
+    ("Ssl handshake failed: SSL_ERROR_SSL: error:1000007d:SSL routines:CERTIFICATE_VERIFY_FAILED", True),
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Handshake read failed "
+     "(Socket closed)", False),
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Handshake write failed", False),
+    ("failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: Connection refused", False),
+])
+def test_tls_markers_match_case_insensitively(details, tls):
+    assert _csi_stream.is_tls_failure(details) == tls
+    assert _csi_stream.is_permanent("UNAVAILABLE", details) == tls
+    ctx = {"call": "allocated", "namespace": "apps", "snapshot": "s", "address": "sms:6443", "server_name": "sms"}
+    explained = _csi_stream.explain("UNAVAILABLE", details, ctx)
+    assert ("TLS verification of" in explained.msg) == tls
+
+
+def test_refused_port_forward_fails_at_once_with_its_reason(monkeypatch):
+    """The proxy records the 403; the module fails on the first broken stream with it instead of
+    retrying ~31 s and blaming the sidecar."""
+    use_flow(monkeypatch, FlowDiscovery({"s": snap_info("s")}))
+    proxies, sleeps = [], []
+
+    def refuse():
+        raise FORBIDDEN
+
+    def proxy_factory(api_client, namespace, pod, port):
+        proxies.append(tr.PortForwardProxy(api_client, namespace, pod, port, connector=refuse))
+        return proxies[-1]
+    with pytest.raises(CsiDiffError) as err:
+        _csi_diff.run(flow_params(snapshot="s", transport="port_forward", retry_delay=1.0), None,
+                      proxy_factory=proxy_factory, sleep=sleeps.append)
+    msg = err.value.msg
+    assert msg.startswith("GetMetadataAllocated for VolumeSnapshot apps/s could not reach the SnapshotMetadata service "
+                          "at sms.csi-driver.svc:6443: port-forward to pod csi-driver/ctrl-0 port 50051 failed: "
+                          "Handshake status 403 Forbidden")
+    assert "the Kubernetes user needs 'create' on pods/portforward in namespace csi-driver" in msg
+    assert "TLS verification" not in msg and "sidecar and the CSI driver are running" not in msg
+    assert sleeps == [] and proxies[0].connections == 1
+    assert err.value.extra["grpc_code"] == "UNAVAILABLE" and len(err.value.extra["port_forward_errors"]) == 1
+
+
+def test_port_forward_error_without_status_names_both_verbs():
+    msg = tr.connector_error_message(ApiException(status=0, reason="Handshake status 403 Forbidden"), "ns", "p", 1)
+    assert msg == ("port-forward to pod ns/p port 1 failed: Handshake status 403 Forbidden; the Kubernetes user needs "
+                   "'get' and 'create' on pods/portforward in namespace ns")

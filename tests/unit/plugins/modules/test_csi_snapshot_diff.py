@@ -9,8 +9,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import socket
+
 import yaml
 from ansible.module_utils import basic
+from kubernetes import client as k8s_client
+from urllib3.exceptions import MaxRetryError, SSLError
 
 from ansible_collections.cbt.toolkit.plugins.doc_fragments.k8s_auth import ModuleDocFragment
 from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_diff
@@ -86,3 +90,44 @@ def test_success_is_never_a_change_and_tokens_are_hidden(monkeypatch):
     assert result["changed"] is False and result["call"] == "allocated"
     assert seen["check_mode"] is True
     assert "eyJhbGciOiJSUzI1NiJ9.secret-token" in modules[0].no_log_values
+
+
+def closed_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api_client_for(host):
+    configuration = k8s_client.Configuration()
+    configuration.host = host
+    return k8s_client.ApiClient(configuration)
+
+
+def test_unreachable_api_server_fails_without_a_traceback(monkeypatch):
+    """The kubernetes client raises urllib3's MaxRetryError when nothing answers: a failed task that
+    names the server, the cause and what to check, not a MODULE FAILURE."""
+    host = "https://127.0.0.1:%d" % closed_port()
+    monkeypatch.setattr(mod, "get_api_client", lambda params: api_client_for(host))
+    result = run({"namespace": "ns", "snapshot": "s"})
+    assert result["failed"] is True
+    msg = result["msg"]
+    assert msg.startswith("the Kubernetes API server %s could not be reached (request /apis/snapshot.storage.k8s.io/v1/"
+                          "namespaces/ns/volumesnapshots/s): NewConnectionError" % host), msg
+    assert "Connection refused" in msg
+    assert "check the kubeconfig context" in msg and "reachable from this host" in msg and "CA" in msg
+
+
+def test_api_server_certificate_failure_is_explained(monkeypatch):
+    host = "https://api.cluster.example:6443"
+    monkeypatch.setattr(mod, "get_api_client", lambda params: api_client_for(host))
+
+    def untrusted(params, api_client, check_mode, on_token):
+        raise MaxRetryError(None, "/apis/snapshot.storage.k8s.io/v1/namespaces/ns/volumesnapshots/s", reason=SSLError(
+            "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate in certificate chain"))
+    monkeypatch.setattr(_csi_diff, "run", untrusted)
+    result = run({"namespace": "ns", "snapshot": "s"})
+    assert result["failed"] is True and "exception" not in result
+    assert result["msg"].startswith("the TLS certificate of the Kubernetes API server %s failed verification" % host)
+    assert "SSLError: [SSL: CERTIFICATE_VERIFY_FAILED]" in result["msg"]
+    assert "check the CA" in result["msg"] and "kubeconfig context" in result["msg"]
