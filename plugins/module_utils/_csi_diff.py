@@ -308,6 +308,15 @@ def _run(params, api_client, check_mode, on_token, transport_factory, proxy_fact
     transport_kind, transport_reason = choose_transport(params, service["host"])
     proxy = None
     target_address = params.get("connect_to") or service["address"]
+    if transport_kind == "port_forward" and (params.get("impersonate_user") or params.get("impersonate_groups")):
+        # the kubernetes client opens port-forwards as a websocket that sends no Impersonate-* headers:
+        # the connection would run with the caller's own identity instead of the one asked for
+        raise CsiDiffError("the port-forward to the SnapshotMetadata service (%s) cannot impersonate %s: the "
+                           "kubernetes client's port-forward sends no impersonation headers, so it would run with "
+                           "your own identity. Run 'kubectl port-forward --as ...' yourself and pass connect_to, or "
+                           "run from inside the cluster (transport: direct)"
+                           % (transport_reason, params.get("impersonate_user") or
+                              "groups %s" % ", ".join(params.get("impersonate_groups") or [])))
     if transport_kind == "port_forward":
         pf_namespace, pod, port = discovery.port_forward_target(service["address"])
         proxy = (proxy_factory or _default_proxy)(api_client, pf_namespace, pod, port)

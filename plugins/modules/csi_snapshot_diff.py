@@ -129,6 +129,9 @@ options:
         a websocket C(GET), which some clusters also authorize as C(create)).
       - When the port-forward itself is refused (for example HTTP 403 from the API server), the module fails at
         once with that reason and the missing permission instead of retrying.
+      - The port-forward cannot carry O(impersonate_user) or O(impersonate_groups) (the Kubernetes Python client
+        sends no impersonation headers on it), so with impersonation the module refuses to port-forward; run
+        C(kubectl port-forward --as ...) yourself and pass O(connect_to), or use V(direct) inside the cluster.
       - V(auto) connects directly inside a pod or when the service host name resolves, and port-forwards otherwise.
       - The certificate is verified against the host of the service address in every case.
     type: str

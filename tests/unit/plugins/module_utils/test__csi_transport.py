@@ -237,3 +237,19 @@ def test_port_forward_error_without_status_names_both_verbs():
     msg = tr.connector_error_message(ApiException(status=0, reason="Handshake status 403 Forbidden"), "ns", "p", 1)
     assert msg == ("port-forward to pod ns/p port 1 failed: Handshake status 403 Forbidden; the Kubernetes user needs "
                    "'get' and 'create' on pods/portforward in namespace ns")
+
+
+@pytest.mark.parametrize("impersonation, who", [({"impersonate_user": "alice"}, "alice"),
+                                                ({"impersonate_groups": ["ops", "backup"]}, "groups ops, backup")])
+def test_port_forward_refuses_to_run_with_the_callers_identity_when_impersonating(monkeypatch, impersonation, who):
+    use_flow(monkeypatch, FlowDiscovery({"s": snap_info("s")}))
+    proxies = []
+
+    def proxy_factory(*args):
+        proxies.append(args)
+        raise AssertionError("no port-forward may be opened")
+    with pytest.raises(CsiDiffError) as err:
+        _csi_diff.run(flow_params(snapshot="s", transport="port_forward", **impersonation), None,
+                      proxy_factory=proxy_factory)
+    assert "cannot impersonate %s" % who in err.value.msg and "connect_to" in err.value.msg
+    assert proxies == []
