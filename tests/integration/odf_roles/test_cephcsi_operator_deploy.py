@@ -7,11 +7,15 @@ deployment and plays the rollout and the kubelet."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
+import json
 
 import pytest
 
-from odf_roles_util import PLAYBOOKS, assert_idempotent, assert_ok, build_vars, failure_messages, fact, install_odf
+from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_diagnosis as dg
+from odf_roles_util import (PLAYBOOKS, assert_idempotent, assert_ok, build_vars, changed_tasks, failure_messages, fact,
+                            install_odf, recap)
 from testbed.olm_sim import res_path
 
 NS = "openshift-storage"
@@ -122,4 +126,193 @@ def test_deploy_refusals_manual_approval_and_rollout_timeout(odf_env, run_playbo
               if s["spec"]["name"] != "cephcsi-operator"]
     assert {s["spec"]["installPlanApproval"] for s in others} == {"Automatic"}
     assert_idempotent(run_playbook(DEPLOY, extra_vars=dict(base, cephcsi_operator_deploy_image=digest_ref)))
+    env.assert_sim_healthy()
+
+
+# ---- snapshot-metadata permissions in the CSV ------------------------------------------------------
+
+OPERATOR_SA = "ceph-csi-controller-manager"
+RBD_SA = "ceph-csi-rbd-ctrlplugin-sa"
+GRANT_TASK = "cbt.toolkit.cephcsi_operator_deploy : Grant the snapshot-metadata permissions in the CSV"
+BIND_TASK = "cbt.toolkit.cephcsi_operator_deploy : Bind the snapshot-metadata permissions to the service accounts"
+OPERATOR_RULE = {"apiGroups": ["cbt.storage.k8s.io"], "resources": ["snapshotmetadataservices"],
+                 "verbs": ["get", "list", "watch"]}
+SAR_RULE = {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]}
+TOKEN_RULE = {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+CTRL_SMS_RULE = {"apiGroups": ["cbt.storage.k8s.io"], "resources": ["snapshotmetadataservices"], "verbs": ["get", "list"]}
+DRIVERS_RULE = {"apiGroups": ["csi.ceph.io"], "resources": ["drivers", "operatorconfigs"],
+                "verbs": ["get", "list", "watch", "update", "patch"]}
+# A CSV of an image built before ceph-csi-operator PR #274: the operator may only list snapshotmetadataservices
+# (a subset of the verbs it needs); the ctrlplugin has tokenreviews already, but neither subjectaccessreviews nor
+# snapshotmetadataservices.
+STALE_PERMISSIONS = [
+    {"serviceAccountName": OPERATOR_SA, "rules": [DRIVERS_RULE, {
+        "apiGroups": ["cbt.storage.k8s.io"], "resources": ["snapshotmetadataservices"], "verbs": ["list"]}]},
+    {"serviceAccountName": RBD_SA, "rules": [
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]},
+        TOKEN_RULE]},
+    {"serviceAccountName": "ceph-csi-cephfs-ctrlplugin-sa", "rules": [TOKEN_RULE]},
+]
+
+
+def csv_path():
+    return res_path("operators.coreos.com/v1alpha1", "clusterserviceversions", NS, CSV)
+
+
+def csv_permissions(env):
+    return env.kube.get(csv_path())["spec"]["install"]["spec"]["clusterPermissions"]
+
+
+def set_csv_permissions(env, perms):
+    env.kube.json_patch(csv_path(), [{"op": "replace", "path": "/spec/install/spec/clusterPermissions", "value": perms}],
+                        ok404=False)
+    assert csv_permissions(env) == perms
+
+
+def rules_of(perms, sa):
+    return [rule for entry in perms if entry["serviceAccountName"] == sa for rule in entry.get("rules") or []]
+
+
+def task_result(run, name):
+    return next(r for r in run.task_results() if r["_task"] == name)
+
+
+def task_messages(run):
+    return [str(r.get("msg", "")) for r in run.task_results()]
+
+
+@pytest.mark.slow
+def can(env, service_account, group, resource, verb):
+    """What the API server's RBAC authorizer answers for the service account (a SubjectAccessReview)."""
+    review = env.kube.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "system:serviceaccount:%s:%s" % (NS, service_account),
+                 "groups": ["system:serviceaccounts", "system:serviceaccounts:%s" % NS],
+                 "resourceAttributes": {"group": group, "resource": resource, "verb": verb}}})
+    return review["status"].get("allowed") is True
+
+
+BOUND = ["cbt-toolkit-snapshot-metadata-%s" % sa for sa in (OPERATOR_SA, RBD_SA)]
+NEEDED = [(OPERATOR_SA, "cbt.storage.k8s.io", "snapshotmetadataservices", verb) for verb in ("get", "list", "watch")] + [
+    (RBD_SA, "authorization.k8s.io", "subjectaccessreviews", "create"),
+    (RBD_SA, "authentication.k8s.io", "tokenreviews", "create"),
+    (RBD_SA, "cbt.storage.k8s.io", "snapshotmetadataservices", "list")]
+
+
+def test_deploy_grants_snapshot_metadata_permissions(odf_env, run_playbook):
+    env = odf_env
+    install_odf(env, run_playbook)
+    for name in BOUND:
+        for kind in ("clusterrolebindings", "clusterroles"):
+            env.kube.delete("/apis/rbac.authorization.k8s.io/v1/%s/%s" % (kind, name))
+    digest_ref = "quay.io/cbt-test/cephcsi-operator@sha256:%s" % hashlib.sha256(b"rbac build").hexdigest()
+    base = {"cephcsi_operator_deploy_k8s_auth": env.auth, "cephcsi_operator_deploy_poll_interval": 1,
+            "cephcsi_operator_deploy_timeout": 60, "cephcsi_operator_deploy_image": digest_ref}
+    set_csv_permissions(env, copy.deepcopy(STALE_PERMISSIONS))
+    assert dg.csv_grants_sms(env.kube.get(csv_path())) is False      # odf_cbt_enable would refuse this operator
+
+    # Check mode (with diff): the change is reported, nothing is written.
+    check = run_playbook(DEPLOY, extra_vars=base, check=True, diff=True)
+    assert_ok(check)
+    assert GRANT_TASK in changed_tasks(check), changed_tasks(check)
+    diff = json.dumps(task_result(check, GRANT_TASK).get("diff"))
+    assert "subjectaccessreviews" in diff and "snapshotmetadataservices" in diff, diff
+    assert csv_permissions(env) == STALE_PERMISSIONS and csv_image(env) == STOCK_IMAGE
+    assert not [n for n in NEEDED if can(env, *n)]  # the test bed's OLM creates no RBAC from the CSV
+    planned = fact(check, "cephcsi_operator_deploy_result")["rbac"]
+    assert planned["patched"] is True
+    assert planned["added"] == [{"service_account": OPERATOR_SA, "rules": [OPERATOR_RULE]},
+                                {"service_account": RBD_SA, "rules": [SAR_RULE, CTRL_SMS_RULE]}]
+
+    # The real run adds exactly the missing rules to the existing entries (tokenreviews was granted already).
+    run = run_playbook(DEPLOY, extra_vars=base)
+    assert_ok(run)
+    perms = csv_permissions(env)
+    assert perms == [
+        {"serviceAccountName": OPERATOR_SA, "rules": STALE_PERMISSIONS[0]["rules"] + [OPERATOR_RULE]},
+        {"serviceAccountName": RBD_SA, "rules": STALE_PERMISSIONS[1]["rules"] + [SAR_RULE, CTRL_SMS_RULE]},
+        STALE_PERMISSIONS[2],
+    ]
+    result = fact(run, "cephcsi_operator_deploy_result")
+    assert result["rbac"]["patched"] is True and result["rbac"]["added"] == planned["added"]
+    assert (result["rbac"]["operator_service_account"], result["rbac"]["rbd_ctrlplugin_service_account"]) == (
+        OPERATOR_SA, RBD_SA)
+    assert result["patched"] is True and csv_image(env) == digest_ref
+    assert dg.csv_grants_sms(env.kube.get(csv_path())) is True       # odf_cbt_enable now accepts the operator
+    # and the service accounts really hold the permissions, whatever OLM makes of the edited CSV
+    assert result["rbac"]["cluster_roles_bound"] == BOUND
+    assert [n for n in NEEDED if not can(env, *n)] == []
+    for name in BOUND:
+        role = env.kube.get("/apis/rbac.authorization.k8s.io/v1/clusterroles/%s" % name)
+        assert role["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "cbt.toolkit"
+
+    # A second run and a check-mode run change nothing.
+    again = run_playbook(DEPLOY, extra_vars=base)
+    assert_idempotent(again)
+    assert fact(again, "cephcsi_operator_deploy_result")["rbac"] == dict(result["rbac"], patched=False, added=[],
+                                                                        cluster_roles_bound=[])
+    assert_idempotent(run_playbook(DEPLOY, extra_vars=base, check=True))
+    assert csv_permissions(env) == perms
+
+    # Permissions granted differently ("*" verbs, verb supersets, split over rules or entries) are left alone.
+    granted = [
+        {"serviceAccountName": OPERATOR_SA, "rules": [DRIVERS_RULE, {
+            "apiGroups": ["cbt.storage.k8s.io"], "resources": ["snapshotmetadataservices"], "verbs": ["*"]}]},
+        {"serviceAccountName": RBD_SA, "rules": [
+            {"apiGroups": ["authorization.k8s.io", "authentication.k8s.io"],
+             "resources": ["subjectaccessreviews", "tokenreviews"], "verbs": ["create", "get"]},
+            {"apiGroups": ["cbt.storage.k8s.io"], "resources": ["snapshotmetadataservices"], "verbs": ["get"]}]},
+        {"serviceAccountName": RBD_SA, "rules": [
+            {"apiGroups": ["*"], "resources": ["snapshotmetadataservices"], "verbs": ["list", "watch"]}]},
+    ]
+    set_csv_permissions(env, copy.deepcopy(granted))
+    run = run_playbook(DEPLOY, extra_vars=base)
+    assert_idempotent(run)
+    assert csv_permissions(env) == granted
+    assert fact(run, "cephcsi_operator_deploy_result")["rbac"]["added"] == []
+
+    # Turned off: a CSV without the rules stays as it is.
+    set_csv_permissions(env, copy.deepcopy(STALE_PERMISSIONS))
+    off = dict(base, cephcsi_operator_deploy_snapshot_metadata_rbac=False)
+    assert_idempotent(run_playbook(DEPLOY, extra_vars=off, check=True))
+    run = run_playbook(DEPLOY, extra_vars=off)
+    assert_idempotent(run)
+    assert csv_permissions(env) == STALE_PERMISSIONS
+    assert fact(run, "cephcsi_operator_deploy_result")["rbac"] == {
+        "enabled": False, "patched": False, "added": [], "cluster_roles_bound": [], "operator_service_account": "",
+        "rbd_ctrlplugin_service_account": ""}
+    env.assert_sim_healthy()
+
+
+@pytest.mark.slow
+def test_deploy_permissions_without_the_named_ctrlplugin_entry(odf_env, run_playbook):
+    env = odf_env
+    install_odf(env, run_playbook)
+    digest_ref = "quay.io/cbt-test/cephcsi-operator@sha256:%s" % hashlib.sha256(b"rbac build 2").hexdigest()
+    base = {"cephcsi_operator_deploy_k8s_auth": env.auth, "cephcsi_operator_deploy_poll_interval": 1,
+            "cephcsi_operator_deploy_timeout": 60, "cephcsi_operator_deploy_image": digest_ref}
+
+    # The stock 4.20 test CSV grants the operator rule and has no ctrlplugin entry: a warning, no change.
+    stock = csv_permissions(env)
+    run = run_playbook(DEPLOY, extra_vars=base)
+    assert_ok(run)
+    assert csv_permissions(env) == stock and GRANT_TASK not in changed_tasks(run)
+    warning = [m for m in task_messages(run) if m.startswith("WARNING:")]
+    assert len(warning) == 1 and "no clusterPermissions entry for service account '%s'" % RBD_SA in warning[0], warning
+    assert fact(run, "cephcsi_operator_deploy_result")["rbac"]["rbd_ctrlplugin_service_account"] == ""
+
+    # A ctrlplugin entry under another name is found by "rbd" + "ctrlplugin"; an operator without an entry gets one.
+    set_csv_permissions(env, [{"serviceAccountName": "odf-rbd-ctrlplugin", "rules": [TOKEN_RULE]},
+                              {"serviceAccountName": "ceph-csi-nfs-ctrlplugin-sa", "rules": []}])
+    run = run_playbook(DEPLOY, extra_vars=base)
+    assert_ok(run)
+    assert recap(run).get("changed", 0) == 2 and changed_tasks(run) == [BIND_TASK, GRANT_TASK], changed_tasks(run)
+    assert can(env, "odf-rbd-ctrlplugin", "authorization.k8s.io", "subjectaccessreviews", "create")
+    assert not [m for m in task_messages(run) if m.startswith("WARNING:")]
+    assert csv_permissions(env) == [
+        {"serviceAccountName": "odf-rbd-ctrlplugin", "rules": [TOKEN_RULE, SAR_RULE, CTRL_SMS_RULE]},
+        {"serviceAccountName": "ceph-csi-nfs-ctrlplugin-sa", "rules": []},
+        {"serviceAccountName": OPERATOR_SA, "rules": [OPERATOR_RULE]},
+    ]
+    assert_idempotent(run_playbook(DEPLOY, extra_vars=base))
     env.assert_sim_healthy()
