@@ -104,7 +104,7 @@ IMPERSONATE_GROUP = "Impersonate-Group"
 
 def _urllib3_major():
     try:
-        return int(str(urllib3.__version__).split(".")[0])
+        return int(str(urllib3.__version__).split(".", 1)[0])
     except (AttributeError, ValueError):
         return 0
 

@@ -638,6 +638,9 @@ class FakeServiceCA(_Loop):
                 continue
             ns, name = svc["metadata"]["namespace"], svc["metadata"]["name"]
             if self.rest.get(_ns_path(ns, "secrets", secret_name)) is None:
+                current = self.rest.get(_ns_path(ns, "services", name))
+                if current is None or current["metadata"]["uid"] != svc["metadata"]["uid"]:
+                    continue  # deleted since the list: no certificate for a Service that is gone
                 crt, key = self._serving_cert(name, ns)
                 self.rest.create(_ns_path(ns, "secrets"), {
                     "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
@@ -651,6 +654,15 @@ class FakeServiceCA(_Loop):
             if ann.get("service.beta.openshift.io/serving-cert-signed-by") is None:
                 self.rest.merge(_ns_path(ns, "services", name), {"metadata": {"annotations": {
                     "service.beta.openshift.io/serving-cert-signed-by": "openshift-service-serving-signer@test"}}})
+        # the garbage collector's part: a serving certificate goes with the Service that owns it
+        services = set((v["metadata"]["namespace"], v["metadata"]["uid"]) for v in self.rest.list("/api/v1/services"))
+        for secret in self.rest.list("/api/v1/secrets"):
+            meta = secret["metadata"]
+            owners = [o for o in meta.get("ownerReferences") or [] if o.get("kind") == "Service"]
+            if owners and (meta.get("annotations") or {}).get("service.beta.openshift.io/originating-service-name") \
+                    and not any((meta["namespace"], o.get("uid")) in services for o in owners):
+                self.rest.delete(_ns_path(meta["namespace"], "secrets", meta["name"]))
+                self.log("serving cert %s/%s removed with its Service" % (meta["namespace"], meta["name"]))
         for cm in self.rest.list("/api/v1/configmaps"):
             ann = cm["metadata"].get("annotations") or {}
             if ann.get("service.beta.openshift.io/inject-cabundle") == "true" and \

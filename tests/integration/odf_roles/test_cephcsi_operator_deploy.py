@@ -249,8 +249,8 @@ def test_deploy_grants_snapshot_metadata_permissions(odf_env, run_playbook):
     # A second run and a check-mode run change nothing.
     again = run_playbook(DEPLOY, extra_vars=base)
     assert_idempotent(again)
-    assert fact(again, "cephcsi_operator_deploy_result")["rbac"] == dict(result["rbac"], patched=False, added=[],
-                                                                        cluster_roles_bound=[])
+    expected = dict(result["rbac"], patched=False, added=[], cluster_roles_bound=[])
+    assert fact(again, "cephcsi_operator_deploy_result")["rbac"] == expected
     assert_idempotent(run_playbook(DEPLOY, extra_vars=base, check=True))
     assert csv_permissions(env) == perms
 

@@ -158,7 +158,7 @@ def test_sqlite_unreadable_file_is_explained(tmp_path):
     assert isinstance(err.value.__context__, sqlite3.Error)
     # read-only and check-mode opens do not create the schema, and still explain the bad file
     reader = cp.SqliteStore(str(path), create=False)
-    for call in (lambda: reader.get("s", "t"), lambda: reader.list(),
+    for call in (lambda: reader.get("s", "t"), reader.list,
                  lambda: reader.advance("s", "t", "c", check_mode=True)):
         with pytest.raises(cp.CheckpointError) as err:
             call()

@@ -268,9 +268,13 @@ def test_reading_the_disks_of_the_new_snapshot_failing_removes_it_again(world, m
     assert "the snapshot this task created was removed again" in res["msg"]
     assert removed == ["snapshot-1"] and world.snapshots == []
     # an unexpected error there is a clean failure and removes the snapshot too
-    monkeypatch.setattr(mod, "snapshot_disks", lambda client, ref, what: [][0])
+
+    def unexpected(client, ref, what):
+        raise KeyError("backing")
+
+    monkeypatch.setattr(mod, "snapshot_disks", unexpected)
     res = run({"snapshot_name": "round-3"})
-    assert res["failed"] and res["error_kind"] == "snapshot_failed" and "IndexError" in res["msg"], res
+    assert res["failed"] and res["error_kind"] == "snapshot_failed" and "KeyError" in res["msg"], res
     assert "removed again" in res["msg"] and world.snapshots == []
 
 
