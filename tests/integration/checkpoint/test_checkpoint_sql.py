@@ -190,22 +190,20 @@ def test_postgres_wrong_password_is_explained(postgres, run_module):
     assert "wrong-password" not in run.stdout
 
 
-def test_postgres_batch_advance_is_all_or_none(postgres):
-    store = PostgresStore(postgres.dsn_no_password, password=postgres.password,
-                          table="cp_batch_%s" % uuid.uuid4().hex[:8])
-    try:
-        checkpoint_scenarios.batch_all_or_none(store)
-    finally:
-        store.close()
+@pytest.fixture
+def pg_store(postgres):
+    """A PostgreSQL store on a table of its own."""
+    store = PostgresStore(postgres.dsn_no_password, password=postgres.password, table="cp_%s" % uuid.uuid4().hex[:8])
+    yield store
+    store.close()
 
 
-def test_postgres_generation_continues_after_delete(postgres):
-    store = PostgresStore(postgres.dsn_no_password, password=postgres.password,
-                          table="cp_gen_%s" % uuid.uuid4().hex[:8])
-    try:
-        checkpoint_scenarios.generation_after_delete(store)
-    finally:
-        store.close()
+def test_postgres_batch_advance_is_all_or_none(pg_store):
+    checkpoint_scenarios.batch_all_or_none(pg_store)
+
+
+def test_postgres_generation_continues_after_delete(pg_store):
+    checkpoint_scenarios.generation_after_delete(pg_store)
 
 
 def test_postgres_generation_is_not_reused_by_a_checkpoint_created_and_deleted_meanwhile(postgres):

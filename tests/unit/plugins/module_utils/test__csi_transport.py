@@ -101,16 +101,22 @@ def test_port_forward_through_the_kubernetes_client(monkeypatch):
     assert all(pf.closed for pf in FakePortForward.instances)
 
 
-def test_connector_failure_is_recorded_and_connection_closed():
+def refused_proxy_errors(exc):
+    """The errors a proxy records when its connector raises ``exc``; the client's connection is closed."""
     def refuse():
-        raise RuntimeError("pods \"ctrl-0\" is forbidden: cannot create resource pods/portforward")
+        raise exc
     proxy = tr.PortForwardProxy(None, "csi-driver", "ctrl-0", 50051, connector=refuse)
     address = proxy.start()
     try:
         assert talk(address, b"x") == b""
     finally:
         proxy.close()
-    assert "pods/portforward" in proxy.errors[0] and "csi-driver/ctrl-0 port 50051" in proxy.errors[0]
+    return proxy.errors
+
+
+def test_connector_failure_is_recorded_and_connection_closed():
+    errors = refused_proxy_errors(RuntimeError("pods \"ctrl-0\" is forbidden: cannot create resource pods/portforward"))
+    assert "pods/portforward" in errors[0] and "csi-driver/ctrl-0 port 50051" in errors[0]
 
 
 def test_pump_stops_when_either_side_closes():
@@ -139,15 +145,7 @@ FORBIDDEN = ApiException(status=0, reason=(
 
 
 def test_forbidden_port_forward_names_the_missing_permission():
-    def refuse():
-        raise FORBIDDEN
-    proxy = tr.PortForwardProxy(None, "csi-driver", "ctrl-0", 50051, connector=refuse)
-    address = proxy.start()
-    try:
-        assert talk(address, b"x") == b""
-    finally:
-        proxy.close()
-    error = proxy.errors[0]
+    error = refused_proxy_errors(FORBIDDEN)[0]
     assert error.startswith("port-forward to pod csi-driver/ctrl-0 port 50051 failed: Handshake status 403 Forbidden: "
                             'pods "ctrl-0" is forbidden: User "backup" cannot create resource "pods/portforward"')
     assert error.endswith("; the Kubernetes user needs 'create' on pods/portforward in namespace csi-driver "
