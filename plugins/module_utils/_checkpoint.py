@@ -187,6 +187,12 @@ def decide_batch(currents, items, force=False, last_generations=None):
     return decisions
 
 
+def advance_unstored(items, force=False):
+    """``advance_many``'s answer while the store has no tables yet (check mode): every record is new."""
+    check_batch(items)
+    return batch_result(decide_batch([None] * len(items), items, force))
+
+
 def batch_result(decisions):
     """``[(changed, record, previous)]`` from ``decide_batch``'s decisions."""
     return [(action != "unchanged", record if record is not None else current, current)
@@ -577,8 +583,7 @@ class SqliteStore(SqlStore):
         if not self._ready():
             if not check_mode:
                 raise CheckpointError("the SQLite checkpoint store %s is not initialised" % self.path)
-            check_batch(items)
-            return batch_result(decide_batch([None] * len(items), items, force))
+            return advance_unstored(items, force)
         return self._guard(lambda: SqlStore.advance_many(self, items, force, check_mode), "advancing")
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):

@@ -22,9 +22,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
     CheckpointError,
     MissingLibrary,
     SqlStore,
-    batch_result,
-    check_batch,
-    decide_batch,
+    advance_unstored,
 )
 
 try:
@@ -149,8 +147,7 @@ class PostgresStore(SqlStore):
 
     def advance_many(self, items, force=False, check_mode=False):
         if not self.exists:
-            check_batch(items)
-            return batch_result(decide_batch([None] * len(items), items, force))
+            return advance_unstored(items, force)
         return self._guard(lambda: SqlStore.advance_many(self, items, force, check_mode), "advancing in")
 
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):

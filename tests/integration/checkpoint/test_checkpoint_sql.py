@@ -75,26 +75,10 @@ def test_module_cas_conflict_history_and_check_mode(store_args, run_module):
 
 
 def _contend(make_store, key, n):
-    outcome = []
-    barrier = threading.Barrier(n)
+    def attempt(store, i):
+        store.advance(key[0], key[1], "next-%d" % i, expected_previous="base")
 
-    def contender(i):
-        store = make_store()
-        try:
-            barrier.wait()
-            store.advance(key[0], key[1], "next-%d" % i, expected_previous="base")
-            outcome.append("won")
-        except cp.ConflictError:
-            outcome.append("lost")
-        finally:
-            store.close()
-
-    threads = [threading.Thread(target=contender, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return outcome
+    return ["lost" if o == "lost" else "won" for o in checkpoint_scenarios.contend(make_store, n, attempt)]
 
 
 def test_postgres_concurrent_advances_only_one_wins(postgres):
@@ -141,25 +125,11 @@ def test_postgres_first_inserts_race(postgres):
         return PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
 
     make().close()
-    outcome = []
-    barrier = threading.Barrier(6)
 
-    def first(i):
-        store = make()
-        try:
-            barrier.wait()
-            store.advance("s", "t", "c-%d" % i, expected_generation=0)
-            outcome.append("won")
-        except cp.ConflictError:
-            outcome.append("lost")
-        finally:
-            store.close()
+    def first(store, i):
+        store.advance("s", "t", "c-%d" % i, expected_generation=0)
 
-    threads = [threading.Thread(target=first, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    outcome = ["lost" if o == "lost" else "won" for o in checkpoint_scenarios.contend(make, 6, first)]
     assert outcome.count("won") == 1, outcome
 
 

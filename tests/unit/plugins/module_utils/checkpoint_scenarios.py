@@ -99,22 +99,17 @@ def generation_after_delete(store):
         ("delete", "A", 1), ("advance", "A", 1)]
 
 
-def batch_race(make_store, contenders=6):
-    """Contenders advance the same two checkpoints from the same point, half of them listing the
-    records in the other order: exactly one batch wins, whole, and nobody deadlocks."""
-    store = make_store()
-    store.advance_many([item("r:a", "base-a"), item("r:b", "base-b")])
-    store.close()
+def contend(make_store, contenders, attempt):
+    """``attempt(store, i)`` in ``contenders`` threads released together, each with its own store.
+    Returns each thread's ``i`` when it went through, ``"lost"`` on a ConflictError; none may hang."""
     outcome = []
     barrier = threading.Barrier(contenders)
 
     def contender(i):
         s = make_store()
-        records = [item("r:a", "a-%d" % i, expected_previous="base-a"),
-                   item("r:b", "b-%d" % i, expected_previous="base-b")]
         try:
             barrier.wait()
-            s.advance_many(records if i % 2 else records[::-1])
+            attempt(s, i)
             outcome.append(i)
         except cp.ConflictError:
             outcome.append("lost")
@@ -126,7 +121,23 @@ def batch_race(make_store, contenders=6):
         t.start()
     for t in threads:
         t.join(120)
-    assert not [t for t in threads if t.is_alive()], "a batch advance hung (deadlock?)"
+    assert not [t for t in threads if t.is_alive()], "an advance hung (deadlock?)"
+    return outcome
+
+
+def batch_race(make_store, contenders=6):
+    """Contenders advance the same two checkpoints from the same point, half of them listing the
+    records in the other order: exactly one batch wins, whole, and nobody deadlocks."""
+    store = make_store()
+    store.advance_many([item("r:a", "base-a"), item("r:b", "base-b")])
+    store.close()
+
+    def attempt(s, i):
+        records = [item("r:a", "a-%d" % i, expected_previous="base-a"),
+                   item("r:b", "b-%d" % i, expected_previous="base-b")]
+        s.advance_many(records if i % 2 else records[::-1])
+
+    outcome = contend(make_store, contenders, attempt)
     winners = [o for o in outcome if o != "lost"]
     assert len(winners) == 1 and len(outcome) == contenders, outcome
     check = make_store()
