@@ -137,11 +137,15 @@ class CbtSimControl:
         return self._request("POST", "/vms/%s/ctk-invalidate" % moid, {})
 
     def inject_fault(self, method: str, kind: str, privilege: str | None = None, vm: str | None = None,
-                     count: int = 1, fault: str | None = None, message: str | None = None) -> dict:
+                     count: int = 1, fault: str | None = None, message: str | None = None,
+                     delay_ms: int | None = None, cancelable: bool | None = None) -> dict:
         """Make the next ``count`` calls of ``method`` (or "*") fail. kind: no_permission,
-        task_error or not_authenticated. count=0 keeps the rule until clear_faults()."""
+        task_error or not_authenticated; or task_delay: the task stays queued ``delay_ms``
+        (``cancelable``: CancelTask ends it then, else CancelTask is refused) and then runs.
+        count=0 keeps the rule until clear_faults()."""
         body = {"method": method, "kind": kind, "count": count}
-        for key, value in (("privilege", privilege), ("vm", vm), ("fault", fault), ("message", message)):
+        for key, value in (("privilege", privilege), ("vm", vm), ("fault", fault), ("message", message),
+                           ("delay_ms", delay_ms), ("cancelable", cancelable)):
             if value is not None:
                 body[key] = value
         return self._request("POST", "/faults", body)

@@ -14,6 +14,7 @@ import random
 import re
 import socket
 import ssl
+import time
 
 import nbd  # python3-libnbd (Debian package), reached through the venv's system site packages
 import pytest
@@ -497,6 +498,50 @@ def test_task_errors_on_snapshot_create_remove_and_reconfigure(sim, si):
         sim.unexport(exp["id"])
 
 
+def _wait_state(task, states, timeout=30):
+    deadline = time.monotonic() + timeout
+    while task.info.state not in states:
+        assert time.monotonic() < deadline, "task %s still %s" % (task._moId, task.info.state)
+        time.sleep(0.05)
+    return task.info
+
+
+def test_task_delay_holds_the_task_queued_and_cancel_follows_cancelable(sim, si):
+    info, vm = new_vm(sim, si, "delay")
+    enable_cbt(vm)
+    try:
+        # cancelable: CancelTask while queued ends the task and nothing is created, then or later
+        sim.inject_fault("CreateSnapshot_Task", "task_delay", vm=info["moid"], delay_ms=1500, cancelable=True)
+        task = vm.CreateSnapshot_Task("cancelled", "", False, False)
+        assert task.info.state == "queued" and task.info.cancelable is True
+        assert vm.snapshot is None, "the VM stays readable and unchanged while the task waits"
+        task.CancelTask()
+        info_ = _wait_state(task, ("error", "success"))
+        assert info_.state == "error" and info_.cancelled is True
+        assert isinstance(info_.error, vmodl.fault.RequestCanceled)
+        time.sleep(2)
+        assert vm.snapshot is None and task.info.state == "error"
+
+        # not cancelable: CancelTask is refused, the task runs after the delay and succeeds
+        sim.inject_fault("CreateSnapshot_Task", "task_delay", vm=info["moid"], delay_ms=1000)
+        began = time.monotonic()
+        task = vm.CreateSnapshot_Task("late", "", False, False)
+        assert task.info.cancelable is False
+        with pytest.raises(vmodl.fault.NotSupported):
+            task.CancelTask()
+        info_ = _wait_state(task, ("error", "success"))
+        assert info_.state == "success" and time.monotonic() - began >= 1.0
+        assert [s.name for s in vm.snapshot.rootSnapshotList] == ["late"]
+        assert change_id(info_.result.config), "a delayed snapshot still carries its change IDs"
+        with pytest.raises(vim.fault.InvalidState):
+            task.CancelTask()  # a finished task
+        # without a rule, tasks run at once again
+        run(vm.snapshot.rootSnapshotList[0].snapshot.RemoveSnapshot_Task(removeChildren=False))
+        assert vm.snapshot is None
+    finally:
+        sim.clear_faults()
+
+
 def test_session_expiry_needs_a_new_login(sim):
     conn = sim.connect()
     try:
@@ -683,6 +728,9 @@ def test_control_api_validates_requests(sim, si):
         ("POST", "/vms", {"name": "odd", "disks": [{"size": 1000}]}, 400),
         ("POST", "/faults", {"method": "ReconfigVM_Task", "kind": "explode"}, 400),
         ("POST", "/faults", {"method": "ReconfigVM_Task", "kind": "task_error", "fault": "Nope"}, 400),
+        ("POST", "/faults", {"method": "QueryChangedDiskAreas", "kind": "task_delay", "delay_ms": 10}, 400),
+        ("POST", "/faults", {"method": "CreateSnapshot_Task", "kind": "task_delay", "delay_ms": 0}, 400),
+        ("POST", "/faults", {"method": "CreateSnapshot_Task", "kind": "task_error", "delay_ms": 10}, 400),
         ("POST", "/exports", {"vm": moid, "snapshot": "snapshot-999999", "disk_key": KEY}, 409),
         ("DELETE", "/exports/e999999", None, 404),
         ("POST", "/config", {"block_size": 512}, 400),

@@ -459,13 +459,15 @@ func (s *Sim) apiInvalidate(r *http.Request) (any, error) {
 // faults
 
 type faultReq struct {
-	Method    string `json:"method"`
-	Kind      string `json:"kind"`
-	Privilege string `json:"privilege"`
-	VM        string `json:"vm"`
-	Count     *int   `json:"count"`
-	Fault     string `json:"fault"`
-	Message   string `json:"message"`
+	Method     string `json:"method"`
+	Kind       string `json:"kind"`
+	Privilege  string `json:"privilege"`
+	VM         string `json:"vm"`
+	Count      *int   `json:"count"`
+	Fault      string `json:"fault"`
+	Message    string `json:"message"`
+	DelayMs    int    `json:"delay_ms"`
+	Cancelable bool   `json:"cancelable"`
 }
 
 func (s *Sim) apiAddFault(r *http.Request) (any, error) {
@@ -481,7 +483,7 @@ func (s *Sim) apiAddFault(r *http.Request) (any, error) {
 		return nil, notFound("no VM with moid %q", req.VM)
 	}
 	rule := &faultRule{Method: req.Method, Kind: req.Kind, Privilege: req.Privilege, VM: req.VM, Count: count,
-		Fault: req.Fault, Message: req.Message}
+		Fault: req.Fault, Message: req.Message, DelayMs: req.DelayMs, Cancelable: req.Cancelable}
 	if err := s.addRule(rule); err != nil {
 		return nil, badRequest("%v", err)
 	}

@@ -11,6 +11,7 @@ package main
 // for logged-in sessions; rewriting Method.This to a registered object does.
 
 import (
+	"context"
 	"fmt"
 	"log"
 	"reflect"
@@ -52,9 +53,16 @@ func (s *Sim) hook(ctx *simulator.Context, m *simulator.Method) (mo.Reference, t
 	if ctx.Session == nil {
 		return nil, nil // vcsim answers NotAuthenticated itself
 	}
+	if m.Name == "CancelTask" && s.refusesCancel(m.This.Value) {
+		return nil, new(types.NotSupported) // vCenter's answer for a task that is not cancelable
+	}
 	if ctx.Session.UserName != "" && !sessionMethods[m.Name] { // not the in-process client
 		if r := s.matchRule(ctx, m); r != nil {
-			return s.fire(ctx, m, r)
+			if r.Kind != "task_delay" {
+				return s.fire(ctx, m, r)
+			}
+			// the call goes on as usual; startTask finds the rule and holds the task back
+			ctx.Context = context.WithValue(ctx.Context, delayKey{}, r)
 		}
 	}
 	if m.Name == "Fetch" && ctx.Session.UserName != "" {
@@ -82,21 +90,37 @@ func (s *Sim) hook(ctx *simulator.Context, m *simulator.Method) (mo.Reference, t
 // fault rules
 
 type faultRule struct {
-	ID        int    `json:"id"`
-	Method    string `json:"method"`
-	Kind      string `json:"kind"`
-	Privilege string `json:"privilege,omitempty"`
-	VM        string `json:"vm,omitempty"`
-	Count     int    `json:"count"`     // requested count; 0 = unlimited
-	Remaining int    `json:"remaining"` // -1 = unlimited
-	Fault     string `json:"fault,omitempty"`
-	Message   string `json:"message,omitempty"`
-	Hits      int    `json:"hits"`
+	ID         int    `json:"id"`
+	Method     string `json:"method"`
+	Kind       string `json:"kind"`
+	Privilege  string `json:"privilege,omitempty"`
+	VM         string `json:"vm,omitempty"`
+	Count      int    `json:"count"`     // requested count; 0 = unlimited
+	Remaining  int    `json:"remaining"` // -1 = unlimited
+	Fault      string `json:"fault,omitempty"`
+	Message    string `json:"message,omitempty"`
+	DelayMs    int    `json:"delay_ms,omitempty"` // task_delay: how long the task stays queued
+	Cancelable bool   `json:"cancelable"`         // task_delay: CancelTask works while it waits
+	Hits       int    `json:"hits"`
 
 	ref types.ManagedObjectReference
 }
 
-var faultKinds = map[string]bool{"no_permission": true, "task_error": true, "not_authenticated": true}
+var faultKinds = map[string]bool{"no_permission": true, "task_error": true, "not_authenticated": true, "task_delay": true}
+
+// delayKey carries a matched task_delay rule from the hook to startTask (same SOAP call).
+type delayKey struct{}
+
+// delayedTask: the methods whose tasks the simulator runs itself (startTask), which a
+// task_delay rule can hold back.
+func delayedTask(method string) bool {
+	for _, name := range taskNames {
+		if name == method {
+			return true
+		}
+	}
+	return false
+}
 
 var taskErrorFaults = map[string]bool{
 	"GenericVmConfigFault": true, "SystemError": true, "FileFault": true, "InvalidState": true,
@@ -146,7 +170,17 @@ func (s *Sim) addRule(r *faultRule) error {
 		return fmt.Errorf("method is required (a SOAP method name such as CreateSnapshot_Task, or \"*\")")
 	}
 	if !faultKinds[r.Kind] {
-		return fmt.Errorf("kind %q must be one of no_permission, task_error, not_authenticated", r.Kind)
+		return fmt.Errorf("kind %q must be one of no_permission, task_error, not_authenticated, task_delay", r.Kind)
+	}
+	if r.Kind == "task_delay" {
+		if !delayedTask(r.Method) {
+			return fmt.Errorf("task_delay needs a task method the simulator runs (CreateSnapshot_Task, RemoveSnapshot_Task, ReconfigVM_Task, ...), not %q", r.Method)
+		}
+		if r.DelayMs < 1 || r.DelayMs > 600000 {
+			return fmt.Errorf("delay_ms must be 1-600000 for task_delay, got %d", r.DelayMs)
+		}
+	} else if r.DelayMs != 0 || r.Cancelable {
+		return fmt.Errorf("delay_ms and cancelable are only for kind task_delay")
 	}
 	if r.Fault != "" && !taskErrorFaults[r.Fault] {
 		return fmt.Errorf("fault %q must be one of GenericVmConfigFault, SystemError, FileFault, InvalidState, TaskInProgress, NotFound, InvalidArgument", r.Fault)

@@ -69,8 +69,33 @@ func (s *Sim) startTask(ctx *simulator.Context, vm *simulator.VirtualMachine, na
 		{Name: "info.startTime", Val: time.Now()},
 		{Name: "info.state", Val: types.TaskInfoStateRunning},
 	})
-	unlock := ctx.Map.AcquireLock(ctx, vm)
+	delay, _ := ctx.Context.Value(delayKey{}).(*faultRule)
+	var unlock func()
+	if delay == nil {
+		unlock = ctx.Map.AcquireLock(ctx, vm)
+	} else {
+		ctx.Map.AtomicUpdate(ctx, t, []types.PropertyChange{
+			{Name: "info.state", Val: types.TaskInfoStateQueued},
+			{Name: "info.cancelable", Val: delay.Cancelable},
+		})
+		s.setCancel(t.Self.Value, delay.Cancelable)
+	}
 	go func() {
+		if delay != nil {
+			// held back by a task_delay rule: queued (the VM not locked), then run unless cancelled
+			if s.waitUnlessCancelled(t, time.Duration(delay.DelayMs)*time.Millisecond) {
+				s.forgetCancel(t.Self.Value)
+				log.Printf("task %s %s on %s cancelled while queued: nothing done", t.Self.Value, name, vm.Self.Value)
+				return // CancelTask has already ended it (error RequestCanceled)
+			}
+			s.setCancel(t.Self.Value, false) // running tasks are not cancelable
+			defer s.forgetCancel(t.Self.Value)
+			ctx.Map.AtomicUpdate(ctx, t, []types.PropertyChange{
+				{Name: "info.state", Val: types.TaskInfoStateRunning},
+				{Name: "info.cancelable", Val: false},
+			})
+			unlock = ctx.Map.AcquireLock(ctx, vm)
+		}
 		res, verr := func() (r types.AnyType, e *vimErr) {
 			defer func() {
 				if p := recover(); p != nil {
@@ -96,6 +121,44 @@ func (s *Sim) startTask(ctx *simulator.Context, vm *simulator.VirtualMachine, na
 		})
 	}()
 	return t.Self
+}
+
+// setCancel records whether CancelTask may end the task ref (false: the hook refuses it).
+func (s *Sim) setCancel(ref string, cancelable bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.noCancel == nil {
+		s.noCancel = map[string]bool{}
+	}
+	s.noCancel[ref] = !cancelable
+}
+
+func (s *Sim) forgetCancel(ref string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.noCancel, ref)
+}
+
+func (s *Sim) refusesCancel(ref string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.noCancel[ref]
+}
+
+// waitUnlessCancelled waits d, or less when CancelTask ends the task; true if it did.
+func (s *Sim) waitUnlessCancelled(t *simulator.Task, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for {
+		cancelled := false
+		s.registry().WithLock(&simulator.Context{}, t, func() { cancelled = t.Info.Cancelled })
+		if cancelled {
+			return true
+		}
+		if !time.Now().Before(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // waitInner waits for the task a stock vcsim method started, hides it from recentTask

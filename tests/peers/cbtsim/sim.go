@@ -174,8 +174,9 @@ type Sim struct {
 	snaps   map[string]*snapState
 	pending map[int]map[int32]*frozenDisk
 
-	rules   []*faultRule
-	ruleSeq int
+	rules    []*faultRule
+	ruleSeq  int
+	noCancel map[string]bool // tasks whose CancelTask is refused (task_delay rules)
 
 	exports   map[string]*export
 	exportSeq int
