@@ -147,6 +147,25 @@ def create_snapshot(client, vm, name, description, memory, quiesce, timeout, vm_
     return info.result
 
 
+# seconds to wait, at most, for a cancelled snapshot creation task that had not finished
+SETTLE_TIMEOUT = 30
+
+
+def settle_task(client, task, what, timeout, expected_privilege=None):
+    """Cancel ``task``, whose wait ended before the task did (timeout, interruption), and wait
+    at most ``timeout`` seconds for its end (a task that is not cancelable runs on). Returns
+    ``(result or None, finished)``; a task that ended in error is finished without a result."""
+    try:
+        client.invoke("cancelling the task of %s" % what, task.CancelTask)
+    except Exception:  # pylint: disable=broad-except
+        pass  # not cancelable or already finished: the wait tells
+    try:
+        info = client.wait_task(task, what, timeout=max(1, timeout), expected_privilege=expected_privilege)
+    except Exception as exc:  # pylint: disable=broad-except
+        return None, unfinished_task(exc) is None  # a failed task may still have left its work behind
+    return getattr(info, "result", None), True
+
+
 def remove_snapshot(client, vm, snapshot_ref, name, timeout, vm_text, attempts=3):
     """Remove one snapshot (consolidating), retrying a failed task; then consolidate if vCenter
     still says so. Returns None, the last removal error (the snapshot may still be there), or a
@@ -200,7 +219,7 @@ class CbtManager(object):
     """Plan and apply ``state: enabled | disabled | reset`` on one VM."""
 
     # seconds to wait for a cancelled, unfinished creation task of a temporary snapshot
-    settle_timeout = 30
+    settle_timeout = SETTLE_TIMEOUT
 
     def __init__(self, client, vm, prefix="cbt-toolkit-init", timeout=3600, check_mode=False):
         self.client = client
@@ -416,17 +435,8 @@ class CbtManager(object):
     def _settle_create(self, task, name):
         """Cancel the unfinished creation task of the temporary snapshot ``name`` and wait at most
         ``settle_timeout`` seconds for its end. Returns ``(snapshot or None, finished)``."""
-        what = "creating the temporary snapshot '%s' of VM %s" % (name, self.label)
-        try:
-            self.client.invoke("cancelling the task of %s" % what, task.CancelTask)
-        except Exception:  # pylint: disable=broad-except
-            pass  # not cancelable or already finished: the wait tells
-        try:
-            info = self.client.wait_task(task, what, timeout=max(1, min(self.timeout, self.settle_timeout)),
-                                         expected_privilege=PRIV_CREATE_SNAPSHOT)
-        except Exception as exc:  # pylint: disable=broad-except
-            return None, unfinished_task(exc) is None  # a failed task may still have left the snapshot
-        return getattr(info, "result", None), True
+        return settle_task(self.client, task, "creating the temporary snapshot '%s' of VM %s" % (name, self.label),
+                           min(self.timeout, self.settle_timeout), PRIV_CREATE_SNAPSHOT)
 
     def remove_stale(self, stale):
         removed = []

@@ -74,6 +74,10 @@ options:
   task_timeout:
     description:
       - Seconds to wait for the snapshot task and the consolidation.
+      - When creating the snapshot takes longer, or the run is interrupted while it waits, the task is
+        cancelled and waited for again (at most 30 seconds more); a snapshot it made anyway is
+        removed, so the failed task leaves no snapshot behind. The error message says what happened,
+        including when vCenter might still create the snapshot (then run again with O(state=absent)).
     type: int
     default: 3600
   changes:
@@ -226,16 +230,24 @@ changes:
 """
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
-from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import VmwarePermissionDenied, VmwareError
+from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import (
+    VmwareError,
+    VmwarePermissionDenied,
+    VmwareUnreachable,
+    unfinished_task,
+)
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
     CbtError,
     ConsolidationFailed,
+    PRIV_CREATE_SNAPSHOT,
     PRIV_REMOVE_SNAPSHOT,
+    SETTLE_TIMEOUT,
     append_message,
     consolidate_if_needed,
     create_snapshot,
     read_snapshots,
     remove_snapshot,
+    settle_task,
     snapshot_disks,
     snapshot_public,
 )
@@ -306,7 +318,14 @@ def run(m):
                 result["snapshot"] = {"name": name, "moid": None, "description": p["description"],
                                       "create_time": None, "quiesced": p["quiesce"]}
             else:
-                ref = create_snapshot(client, vm, name, p["description"], p["memory"], p["quiesce"], p["task_timeout"], text)
+                try:
+                    ref = create_snapshot(client, vm, name, p["description"], p["memory"], p["quiesce"],
+                                          p["task_timeout"], text)
+                except BaseException as exc:
+                    note = _settle_unfinished_create(m, vm, text, name, exc)
+                    if note and isinstance(exc, VmwareError):
+                        append_message(exc, note)
+                    raise
                 existing = {"ref": ref, "name": name, "moid": getattr(ref, "_moId", None)}
                 created_now = True
         if existing is not None:
@@ -375,6 +394,35 @@ def _changes(m, vm, text, facts, snap, disks, live_disks, requests):
     except Exception as exc:  # pylint: disable=broad-except
         raise CbtError("asking for the changed areas at snapshot '%s' of VM %s failed: %s: %s"
                        % (snap["name"], text, type(exc).__name__, exc), kind="query_failed")
+
+
+def _settle_unfinished_create(m, vm, text, name, error):
+    """The creation of snapshot ``name`` ended with ``error``. When it ended before its task did
+    (timeout, interruption), cancel the task, wait for it, and remove a snapshot it made, so a
+    failed task leaves no snapshot behind. Returns what to add to the error (None: nothing)."""
+    task = unfinished_task(error)
+    if task is None:
+        if isinstance(error, (VmwareUnreachable, KeyboardInterrupt, SystemExit)):
+            return ("vCenter may have started creating snapshot '%s' before this run stopped: look for it in vCenter, "
+                    "or run this task again with state: absent to remove it" % name)
+        return None  # the task ended in error: vCenter made no snapshot
+    what = "creating snapshot '%s' of VM %s" % (name, text)
+    try:
+        ref, finished = settle_task(m.client, task, what, min(m.params["task_timeout"], SETTLE_TIMEOUT),
+                                    PRIV_CREATE_SNAPSHOT)
+        if ref is None and not finished:
+            return ("its creation task (%s) was still running when this run stopped waiting for it and could not be "
+                    "cancelled, so vCenter may still create snapshot '%s': run this task again with state: absent "
+                    "to remove it" % (getattr(task, "_moId", "?"), name))
+        if ref is None:  # cancelled or failed; look once for a snapshot it may have left anyway
+            left = [s for s in read_snapshots(m.client, vm) if s["name"] == name]
+            if not left:
+                return "its creation task was cancelled and no snapshot '%s' was created" % name
+            ref = left[0]["ref"]
+    except VmwareError as exc:
+        return ("checking whether the unfinished creation task made snapshot '%s' failed too (%s): look for it in "
+                "vCenter, or run this task again with state: absent" % (name, exc.msg))
+    return _remove_created(m, vm, text, {"ref": ref, "name": name, "moid": getattr(ref, "_moId", None)})
 
 
 def _remove_created(m, vm, text, snap):

@@ -11,6 +11,7 @@ inventory through the control API), never from the modules under test.
 
 import os
 import random
+import time
 
 import pytest
 from vmware_helpers import assert_clean_failure, run_tasks
@@ -179,6 +180,52 @@ def test_every_injected_fault_leaves_no_snapshot_and_has_its_own_message(run_tas
     for name, res in (("f-remove-err", again1), ("f-remove-perm", again2)):
         assert res.get("failed") is not True and res["changed"] is True, (name, res.get("msg"))
         assert len(res["stale_snapshots_removed"]) == 1 and snapshots(sim, name) == []
+
+
+def test_an_unfinished_snapshot_creation_is_cancelled_or_undone(run_tasks_env, sim):
+    """Snapshot creation that outlasts task_timeout (cbtsim holds the task queued): the task is
+    cancelled, or waited for and its snapshot removed; when neither is possible in time the
+    result says so, and the snapshot that appears later is removed by the next run."""
+    mig = {"snapshot_name": "mig"}
+    cases = [
+        # vm name, module, args, delay_ms, cancelable, task_timeout, error kind, words
+        ("u-cbt-cancel", "vmware_cbt", {}, 4000, True, 1, "init_snapshot_failed", ["did not finish within 1 s"]),
+        ("u-cbt-late", "vmware_cbt", {}, 2500, False, 2, "init_snapshot_failed", ["did not finish within 2 s"]),
+        ("u-cbt-gone", "vmware_cbt", {}, 6000, False, 1, "init_snapshot_failed",
+         ["was not removed", "had not finished", "cleanup_stale_snapshots"]),
+        ("u-mig-cancel", "vmware_migration_snapshot", mig, 4000, True, 1, "task_timeout",
+         ["its creation task was cancelled and no snapshot 'mig' was created"]),
+        ("u-mig-late", "vmware_migration_snapshot", mig, 2500, False, 2, "task_timeout",
+         ["the snapshot this task created was removed again"]),
+        ("u-mig-gone", "vmware_migration_snapshot", mig, 6000, False, 1, "task_timeout",
+         ["could not be cancelled", "may still create snapshot 'mig'", "state: absent"]),
+    ]
+    tasks = []
+    for name, module, args, delay, cancelable, timeout, _kind, _words in cases:
+        moid = sim.create_vm(name, disks=[8 * MiB])["moid"]
+        sim.inject_fault("CreateSnapshot_Task", "task_delay", vm=moid, delay_ms=delay, cancelable=cancelable)
+        tasks.append((module, dict(args, name=name, task_timeout=timeout)))
+    results, run = run_tasks_env(tasks)
+    for (name, module, _args, _delay, _cancelable, _timeout, kind, words), res in zip(cases, results):
+        assert_clean_failure(res, run, kind, words)
+        if module == "vmware_cbt":
+            assert [t["removed"] for t in res["temporary_snapshots"]] == [not name.endswith("gone")], (name, res)
+    assert all(r["remaining"] == 0 for r in sim.faults())
+    deadline = time.monotonic() + 30
+    while not (snapshots(sim, "u-cbt-gone") and snapshots(sim, "u-mig-gone")):
+        assert time.monotonic() < deadline, "the uncancelled creation tasks never finished"
+        time.sleep(0.2)
+    for name in ("u-cbt-cancel", "u-cbt-late", "u-mig-cancel", "u-mig-late"):
+        assert snapshots(sim, name) == [], name  # the cancelled tasks never made one, the others were removed
+    assert snapshots(sim, "u-mig-gone") == ["mig"]
+    assert snapshots(sim, "u-cbt-gone") == [results[2]["temporary_snapshots"][0]["name"]]
+
+    # what the message promised: the next runs remove the snapshots that appeared late
+    (cbt, absent), run = run_tasks_env([("vmware_cbt", {"name": "u-cbt-gone"}),
+                                        ("vmware_migration_snapshot", dict(mig, name="u-mig-gone", state="absent"))])
+    assert cbt.get("failed") is not True and len(cbt["stale_snapshots_removed"]) == 1, cbt.get("msg")
+    assert absent.get("failed") is not True and absent["changed"] is True, absent.get("msg")
+    assert snapshots(sim, "u-cbt-gone") == [] and snapshots(sim, "u-mig-gone") == []
 
 
 # ------------------------------------------------------------------------------------------

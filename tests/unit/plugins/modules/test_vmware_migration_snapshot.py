@@ -317,3 +317,50 @@ def test_a_consolidation_failure_after_removing_the_new_snapshot_is_reported(wor
     assert "the snapshot this task created was removed again, but consolidating the VM's disks" in res["msg"]
     assert "locked" in res["msg"] and "Snapshots > Consolidate" in res["msg"]
     assert world.snapshots == []
+
+
+def _failing_create(world, error):
+    def create(client, vm, name, description, memory, quiesce, timeout, text):
+        world.calls.append(("create", name, memory, quiesce))
+        raise error
+
+    return create
+
+
+def test_a_failed_creation_task_is_reported_as_it_is(world, monkeypatch):
+    monkeypatch.setattr(mod, "create_snapshot", _failing_create(world, VmwareTaskFailed(
+        "creating snapshot 'round-1' of VM 'vm1' failed: GenericVmConfigFault: disk locked")))
+    res = run({"snapshot_name": "round-1"})
+    assert res["failed"] and res["error_kind"] == "task_failed", res
+    assert res["msg"] == "creating snapshot 'round-1' of VM 'vm1' failed: GenericVmConfigFault: disk locked"
+
+
+def test_a_creation_cut_off_before_vcenter_answered_says_the_snapshot_may_exist(world, monkeypatch):
+    monkeypatch.setattr(mod, "create_snapshot", _failing_create(world, VmwareUnreachable(
+        "the connection to vCenter h:443 broke while creating snapshot 'round-1' of VM 'vm1': reset")))
+    res = run({"snapshot_name": "round-1"})
+    assert res["failed"] and res["error_kind"] == "unreachable", res
+    assert "vCenter may have started creating snapshot 'round-1'" in res["msg"]
+    assert "state: absent" in res["msg"]
+
+
+def test_an_unfinished_creation_whose_check_fails_says_so(world, monkeypatch):
+    class Task(object):
+        _moId = "task-9"
+
+    error = mod.VmwareError("creating snapshot 'round-1' of VM 'vm1' did not finish within 1 s")
+    error.unfinished_task = Task()
+    monkeypatch.setattr(mod, "create_snapshot", _failing_create(world, error))
+    monkeypatch.setattr(mod, "settle_task", lambda *args: (None, True))
+
+    def read(client, vm, name=None):
+        if any(c[0] == "create" for c in world.calls):
+            raise VmwareApiError("reading the snapshots of VM 'vm1' failed: SystemError: busy")
+        return list(world.snapshots)
+
+    monkeypatch.setattr(mod, "read_snapshots", read)
+    res = run({"snapshot_name": "round-1", "task_timeout": 1})
+    assert res["failed"], res
+    assert res["msg"].startswith("creating snapshot 'round-1' of VM 'vm1' did not finish within 1 s")
+    assert "whether the unfinished creation task made snapshot 'round-1' failed too" in res["msg"]
+    assert "SystemError: busy" in res["msg"]
