@@ -60,3 +60,22 @@ def test_verify_refuses_a_namespace_it_did_not_create_and_replaces_its_own(odf_e
     assert env.kube.get("/api/v1/namespaces/cbt-verify") is None
     assert earlier["metadata"]["uid"]
     env.assert_sim_healthy()
+
+
+def test_verify_refuses_a_wait_for_first_consumer_class_before_creating_anything(odf_env, run_playbook):
+    env = odf_env
+    env.kube.create("/apis/storage.k8s.io/v1/storageclasses", {
+        "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "cbt-wffc"},
+        "provisioner": "openshift-storage.rbd.csi.ceph.com", "volumeBindingMode": "WaitForFirstConsumer"})
+    try:
+        run = run_playbook(str(PLAYBOOKS / "odf_cbt_verify.yml"), extra_vars={
+            "cbt_k8s_auth": env.auth, "odf_cbt_verify_namespace": "cbt-verify-wffc",
+            "odf_cbt_verify_storage_class": "cbt-wffc", "odf_cbt_verify_timeout": 60, "odf_cbt_verify_poll_interval": 1})
+        assert run.rc != 0, run
+        msg = " ".join(failure_messages(run))
+        assert "StorageClass cbt-wffc has volumeBindingMode WaitForFirstConsumer" in msg, msg
+        assert "volumeBindingMode Immediate" in msg, msg
+        assert recap(run).get("changed", 0) == 0, changed_tasks(run)
+        assert env.kube.get("/api/v1/namespaces/cbt-verify-wffc") is None, "nothing may be created"
+    finally:
+        env.kube.delete("/apis/storage.k8s.io/v1/storageclasses/cbt-wffc")

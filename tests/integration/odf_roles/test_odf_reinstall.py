@@ -55,4 +55,18 @@ def test_reinstall_419_to_420_then_rerun_changes_nothing(odf_env, run_playbook):
     assert_idempotent(again)
     assert fact(again, "odf_reinstall_in_place") is True
     assert recap(again)["changed"] == 0
+
+    # After a z-stream update the installed CSVs differ from the pinned list: a re-run of the same
+    # command must not tear the storage down; the install step names the CSVs that differ.
+    bumped = [name.replace("odf-operator.v4.20.0", "odf-operator.v4.20.1") for name in csvs_420]
+    drift = run_playbook(PLAYBOOK, extra_vars=dict(extra, odf_install_expected_csvs=bumped, odf_install_timeout_csvs=2))
+    assert drift.rc != 0, drift
+    assert fact(drift, "odf_reinstall_in_place") is True
+    notes = [r.get("msg", "") for r in drift.task_results() if r.get("msg")]
+    assert any("Installed CSVs not in odf_install_expected_csvs: odf-operator.v4.20.0" in n for n in notes), notes
+    failure = [r for r in drift.task_results() if r.get("failed")][-1]["msg"]
+    assert "odf-operator.v4.20.1=missing" in failure and "Other CSVs present: odf-operator.v4.20.0" in failure, failure
+    kept = env.kube.get(res_path("ocs.openshift.io/v1", "storageclusters", NS, "ocs-storagecluster"))
+    assert kept["metadata"]["uid"] == sc["metadata"]["uid"] and kept["status"]["phase"] == "Ready"
+    assert fact(drift, "odf_uninstall_result") is None, "the uninstall must not run"
     env.assert_sim_healthy()

@@ -5,7 +5,8 @@
 
 * e2e-web    CBT off, auto-enable on (default)  -> enabled by the gate; image-file target
 * e2e-db     CBT on, two disks                   -> disk 2000 to an NBD export (qemu-nbd on an image),
-                                                    disk 2001 to a loop block device pre-filled with junk
+                                                    disk 2001 to a loop block device pre-filled with junk,
+                                                    named by a symlink under /dev as /dev/disk/by-id names are
 * e2e-plain  CBT off, vm_migration_auto_cbt=false -> warned, stays off, rounds compare whole disks
 * e2e-noperm CBT off, ReconfigVM_Task denied      -> "MIGRATION FAILURE: Could not enable CBT on VM ..."
 * e2e-noinit CBT off, CreateSnapshot_Task fails   -> "MIGRATION FAILURE: CBT initialization failed for VM ..."
@@ -21,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -61,10 +63,12 @@ def fleet(cbtsim):
     loop_image = out / "db-disk2001-loop.img"
     loop_image.write_bytes(os.urandom(16 * MiB))
     loop = LoopDevice(loop_image).attach()
+    link = Path("/dev/cbt-test-%s-db2001" % os.urandom(4).hex())  # by-id, mapper and LVM names are symlinks
+    link.symlink_to(loop.device)
 
     inventory = write_inventory(out / "inventory.yml", {
         "e2e-web": {},
-        "e2e-db": {"vm_migration_disk_targets": {2000: nbd.uri, 2001: loop.device}},
+        "e2e-db": {"vm_migration_disk_targets": {2000: nbd.uri, 2001: str(link)}},
         "e2e-plain": {"vm_migration_auto_cbt": False},
         "e2e-noperm": {},
         "e2e-noinit": {},
@@ -87,6 +91,7 @@ def fleet(cbtsim):
     finally:
         cbtsim.clear_faults()
         nbd.stop()
+        link.unlink()
         loop.detach()
 
 
