@@ -60,9 +60,9 @@ DIGEST_BLOCK = 4 * MiB
 WRITE_BEHIND = 16 * MiB
 COMMIT_INTERVAL = 5.0
 COMMIT_BYTES = 1024 * MiB
-# each commit reads back up to this much of one of its last few finished ranges as a witness of the target
+# each commit reads back up to this much of the first non-zero granule of its last finished data piece as a
+# witness of the target
 WITNESS_LENGTH = 64 * 1024
-WITNESS_TRIES = 4
 MODES = ("extents", "allocated", "all", "compare")
 PLAN_VERSION = 1
 
@@ -161,6 +161,7 @@ def load_extents(req, capacity):
     raw = []
     metadata = {}
     name = "extents"
+    coverage, reason = extlib.COVERAGE_CHANGED, None
     if req.extent_file:
         name = "extent_file %s" % req.extent_file
         try:
@@ -174,6 +175,15 @@ def load_extents(req, capacity):
             raise ValidationError("extent_file %s was written for a disk of capacity %d bytes but the source %s "
                                   "is %d bytes; the extent list does not belong to this source (or the disk was "
                                   "resized: run a full sync)" % (req.extent_file, cap, req.src, capacity))
+        try:
+            coverage, starting_offset, reason = extlib.coverage_of(metadata, name="extent_file %s" % req.extent_file)
+        except extlib.ExtentError as exc:
+            raise ValidationError(str(exc))
+        if starting_offset > 0:
+            raise ValidationError("extent_file %s lists only the range from starting_offset=%d to the end of the "
+                                  "disk; what changed before offset %d is unknown, so applying it could leave the "
+                                  "target inconsistent. List the changes again from offset 0"
+                                  % (req.extent_file, starting_offset, starting_offset))
     if req.extents is not None:
         try:
             raw = raw + extlib.parse_extents(req.extents)
@@ -194,7 +204,10 @@ def load_extents(req, capacity):
         "overlapping_bytes": input_bytes - extlib.total_bytes(normalized),
         "normalized_count": len(normalized),
         "metadata": dict((k, v) for k, v in metadata.items()),
+        "coverage": coverage,
     }
+    if reason is not None:
+        info["coverage_from"] = reason
     notes = []
     if not is_sorted:
         notes.append("the extents were not sorted by offset; they were sorted")
@@ -218,6 +231,11 @@ class Engine(object):
         self._lock = threading.Lock()
         self._completed = []
         self._pending = 0
+        # the first non-zero granule of the last data piece finished since the last commit (a witness candidate)
+        self._mark = None
+        self._copied = False
+        self.resumed_bytes = 0
+        self.total_bytes = 0
         self.error = None
         self.stop = threading.Event()
         self._wake = threading.Event()
@@ -329,6 +347,10 @@ class Engine(object):
         allocation_known = None
         if mode == "extents":
             copy, info = load_extents(req, size)
+            if info["coverage"] == extlib.COVERAGE_ALLOCATED:
+                # the list is all the data of the source: whatever it does not list reads as zeros there, and
+                # must on the target too (data the source no longer holds would stay otherwise)
+                zero = extlib.subtract([(0, size)], copy) if size else []
         elif mode == "compare":
             if req.extents is not None or req.extent_file:
                 copy, info = load_extents(req, size)
@@ -382,9 +404,11 @@ class Engine(object):
             except StopIteration:
                 return None
 
-    def _complete(self, off, length):
+    def _complete(self, off, length, mark=None):
         with self._lock:
             self._completed.append((off, length))
+            if mark is not None:
+                self._mark = mark
             self._pending += length
             wake = self._pending >= self.req.commit_bytes
         if wake:
@@ -427,6 +451,23 @@ class Engine(object):
                 run_zero = is_zero
             pos = end
         self._emit(dst, off, view, run_start, n, run_zero, st)
+
+    def _first_data(self, off, data, all_zero=None):
+        """``(offset, length)`` of the first non-zero 64 KiB granule of ``data`` (read at ``off``), or None.
+        After the piece is done the target holds these bytes: a place worth a witness."""
+        if all_zero is None:
+            all_zero = self.zero.startswith(data)
+        if all_zero:
+            return None
+        view = memoryview(data)
+        n = len(view)
+        pos = 0
+        while pos < n:
+            end = min(pos + GRANULE, n)
+            if not self.zero.startswith(view[pos:end]):
+                return off + pos, end - pos
+            pos = end
+        return None
 
     def _write_differences(self, dst, off, sbuf, sview, tview, st):
         """Compare mode: write only the 64 KiB granules that differ."""
@@ -491,6 +532,7 @@ class Engine(object):
                 if item is None:
                     return
                 off, kind, length, idx, slot, full = item
+                mark = None
                 if kind == ZERO:
                     for zoff, zlen in self._zero_target_ranges(dst, off, length):
                         dst.zero(zoff, zlen)
@@ -522,8 +564,10 @@ class Engine(object):
                                            self._target_digest(dst, off, length, tbuf, source_zero))
                     if behind is not None and st.written > before:
                         behind.written(off, length)
+                    if not self.req.check_mode:
+                        mark = self._first_data(off, data, source_zero)
                 st.done += length
-                self._complete(off, length)
+                self._complete(off, length, mark)
         except Exception as exc:  # pylint: disable=broad-except
             self.error = exc
             self.stop.set()
@@ -595,11 +639,13 @@ class Engine(object):
                     time.time() - self._last_commit < self.req.commit_interval:
                 return
             taken = self._completed
+            mark = self._mark
             self._completed = []
+            self._mark = None
             self._pending = 0
         self.dst.flush()
         self.state.add_done(taken)
-        self._add_witness(taken)
+        self._add_witness(mark)
         if complete:
             self.state.status = "complete"
         if save:
@@ -780,7 +826,9 @@ class Engine(object):
             "src_kind": self.src.kind,
             "dest_kind": self.dst.kind if self.dst is not None else "file",
             "plan": {"extents": len(copy), "bytes": extlib.total_bytes(copy), "hole_extents": len(zero),
-                     "hole_bytes": extlib.total_bytes(zero)},
+                     "hole_bytes": extlib.total_bytes(zero),
+                     "zeroes_unlisted": bool(info is not None and mode == "extents"
+                                             and info["coverage"] == extlib.COVERAGE_ALLOCATED)},
             "request_size": piece, "workers": req.workers,
             "bytes_read": 0, "bytes_written": 0, "bytes_zeroed": 0, "bytes_unchanged": 0,
             "bytes_differing": 0, "bytes_skipped_zero": 0, "bytes_resumed": 0, "resumed": False,
@@ -795,32 +843,42 @@ class Engine(object):
         result["status_file"] = files.status
         target_fp = _fingerprint(self.dst) if self.dst is not None else None
 
-        old = None
-        old_data = read_json(files.state)
-        if old_data is not None and old_data.get("target_fingerprint") == target_fp:
-            old = self._trusted_state(ResumeState.from_dict(files, old_data), plan_id)
-
         if req.check_mode:
-            return self._check_mode_result(mode, copy, zero, old, plan_id, started)
+            # check mode takes no lock: it decides on the state as it reads now
+            old = self._read_state(files, target_fp, plan_id)
+            return self._check_mode_result(mode, copy, zero, old, plan_id, files, started)
 
         files.ensure_dir()
         lock = TargetLock(files.lock, req.dest)
         lock.acquire()
         try:
+            old = None
             if self.dst is None:
                 self.dst = LocalEndpoint(req.dest, writable=True, create_size=self.src.size)
                 if not self.dst.created:
                     raise ValidationError("target %s appeared while this run was starting; re-run" % req.dest)
                 target_fp = _fingerprint(self.dst)
+            else:
+                # read under the lock: another run may have changed the state until it released the lock
+                old = self._read_state(files, target_fp, plan_id)
             if isinstance(self.dst, LocalEndpoint):
                 lock.lock_target(self.dst.fd)
             return self._locked_run(mode, copy, zero, old, plan_id, files, target_fp, started)
         finally:
             lock.release()
 
+    def _read_state(self, files, target_fp, plan_id):
+        """The resume state of this target, if it is of this target and can still be trusted."""
+        old_data = read_json(files.state)
+        if old_data is None or old_data.get("target_fingerprint") != target_fp:
+            return None
+        return self._trusted_state(ResumeState.from_dict(files, old_data), plan_id)
+
     def _trusted_state(self, old, plan_id):
         """``old``, unless what it records can no longer be trusted (then None, with a warning):
 
+        * it records data (non-zero bytes) as copied but no sample of the target to check that the target
+          still holds it: a target re-created in place reads as zeros and could not be told apart;
         * a sample of the target it recorded (``witnesses``) reads differently now: the target was
           re-created or written by something else since, even though path and inode match;
         * it is an unfinished run of this plan from an NBD export or a block device without ``sync_id``:
@@ -833,6 +891,13 @@ class Engine(object):
                       "cannot show that it still serves the same data; copying everything again. Set sync_id to "
                       "the snapshot's identity (changeId, snapshot id) to resume such runs"
                       % (extlib.total_bytes(old.done), req.src))
+            return None
+        if old.done and not old.witnesses and old.holds_data is not False:
+            self.warn("the resume state %s of target %s records %d bytes as copied%s, but no sample of the target "
+                      "to check that the target still holds them (a target re-created in place reads as zeros). "
+                      "The saved progress is ignored and the whole plan is copied"
+                      % (old.files.state, req.dest, extlib.total_bytes(old.done),
+                         ", data among them" if old.holds_data else " (a state written by an older version)"))
             return None
         if self.dst is None:
             return old
@@ -848,17 +913,21 @@ class Engine(object):
                 return None
         return old
 
-    def _add_witness(self, taken):
-        """Sample a finished data range of this commit, read back from the target after its flush."""
-        buf = bytearray(WITNESS_LENGTH)
-        for off, length in reversed(taken[-WITNESS_TRIES:]):
-            data = self.dst.read(off, min(length, WITNESS_LENGTH), buf)
-            if not self.zero.startswith(data):  # zeros prove nothing: a re-created target reads as zeros
-                self.state.add_witness(off, len(data), hashlib.sha256(data).hexdigest())
-                return
+    def _add_witness(self, mark):
+        """Read back, after the commit's flush, the first non-zero granule of the last data piece this commit
+        finished (``mark``: ``(offset, length)`` or None) and keep its digest as a witness of the target."""
+        if mark is None:
+            return
+        self.state.holds_data = True
+        off, length = mark
+        length = min(length, WITNESS_LENGTH)
+        data = self.dst.read(off, length, bytearray(length))
+        if not self.zero.startswith(data):  # zeros prove nothing: a re-created target reads as zeros
+            self.state.add_witness(off, len(data), hashlib.sha256(data).hexdigest())
 
     def _resume_decision(self, copy, zero, old, plan_id, files):
-        """Return the ranges already done, or raise when an unfinished, uncovered run is in the way."""
+        """Return the ranges already done (None: the plan is complete for its sync_id), or raise when an
+        unfinished, uncovered run is in the way. Reads only; check mode uses it too."""
         req = self.req
         if old is None:
             return []
@@ -894,18 +963,17 @@ class Engine(object):
             "may be inconsistent" % (old.created, files.state, extlib.total_bytes(uncovered), len(uncovered),
                                      req.dest, uncovered[0][0]))
 
-    def _check_mode_result(self, mode, copy, zero, old, plan_id, started):
+    def _check_mode_result(self, mode, copy, zero, old, plan_id, files, started):
         req = self.req
         result = self.result
-        done = []
-        if old is not None and old.plan_id == plan_id and old.status != "complete" and req.resume == "auto":
-            done = old.done
-            result["resumed"] = bool(done)
-            result["bytes_resumed"] = extlib.total_bytes(_intersect(extlib.normalize(copy + zero), done))
-        if old is not None and old.plan_id == plan_id and old.status == "complete" and req.sync_id:
+        done = self._resume_decision(copy, zero, old, plan_id, files)
+        if done is None:
             result["already_complete"] = True
             result["duration_seconds"] = round(time.time() - started, 3)
             return result
+        if done:
+            result["resumed"] = True
+            result["bytes_resumed"] = extlib.total_bytes(_intersect(extlib.normalize(copy + zero), done))
         remaining_copy = extlib.subtract(copy, done)
         remaining_zero = extlib.subtract(zero, done)
         if mode == "compare" and self.dst is not None:
@@ -934,18 +1002,36 @@ class Engine(object):
         result["duration_seconds"] = round(time.time() - started, 3)
         return result
 
+    def _start_workers(self, copy):
+        """Open the sessions of the workers (and, for verification, the digest tables of ``copy``)."""
+        req = self.req
+        parallel = self.src.parallel and self.dst.parallel
+        workers = req.workers if parallel or isinstance(self.src, LocalEndpoint) or \
+            isinstance(self.dst, LocalEndpoint) else 1
+        self.sessions = self._open_sessions(max(1, workers))
+        self.workers = len(self.sessions)
+        self.result["workers"] = self.workers
+        self.stats = [Stats() for _s in self.sessions]
+        if self.hasher is not None and req.verify:
+            for idx, (_off, length) in enumerate(copy):
+                slots = -(-length // self.piece)
+                self.src_digests[idx] = bytearray(slots * self.hasher.size)
+                self.src_have[idx] = bytearray(slots)
+                self.dst_digests[idx] = bytearray(slots * self.hasher.size)
+                self.dst_have[idx] = bytearray(slots)
+
+    def _status_failed(self, exc):
+        """The progress file says the run failed, with the reason (whatever ended it)."""
+        done = self.total_bytes if self._copied else self.resumed_bytes + sum(s.done for s in self.stats)
+        self.status.write("failed", done, self.total_bytes, message=str(exc) or exc.__class__.__name__, force=True)
+
     def _locked_run(self, mode, copy, zero, old, plan_id, files, target_fp, started):
         req = self.req
         result = self.result
         done = self._resume_decision(copy, zero, old, plan_id, files)
+        self.total_bytes = extlib.total_bytes(copy) + extlib.total_bytes(zero)
         if done is None:
-            result["already_complete"] = True
-            result["duration_seconds"] = round(time.time() - started, 3)
-            status = StatusFile(files.status, {"src": req.src, "dest": req.dest, "plan_id": plan_id})
-            total = extlib.total_bytes(copy) + extlib.total_bytes(zero)
-            status.write("complete", total, total, message="already complete for sync_id %s" % req.sync_id,
-                         force=True)
-            return result
+            return self._already_complete(mode, copy, zero, old, plan_id, files, started)
         continuing = old is not None and old.plan_id == plan_id and old.status == "running" and \
             done is old.done
         if continuing:
@@ -955,48 +1041,36 @@ class Engine(object):
         else:
             self.state = ResumeState(files, plan_id, target_fp, {
                 "src": req.src, "dest": req.dest, "mode": mode, "sync_id": req.sync_id, "size": self.src.size,
-                "plan_bytes": extlib.total_bytes(copy) + extlib.total_bytes(zero)})
+                "plan_bytes": self.total_bytes})
             write_plan(files.plan, plan_id, copy, zero)
             self.state.save()  # "running" is on disk before the first byte is written
         self.resumed_bytes = extlib.total_bytes(_intersect(extlib.normalize(copy + zero), done))
         result["bytes_resumed"] = self.resumed_bytes
-        self.total_bytes = extlib.total_bytes(copy) + extlib.total_bytes(zero)
         self.status = StatusFile(files.status, {"src": req.src, "dest": req.dest, "plan_id": plan_id,
                                                 "mode": mode, "pid": os.getpid()})
         self.status.write("running", self.resumed_bytes, self.total_bytes, force=True)
+        # from here on, whatever ends the run (a copy, flush, state, verification or digest error, an
+        # interruption) leaves the progress file saying so
+        try:
+            return self._copy_and_check(copy, zero, done, started)
+        except BaseException as exc:
+            self._status_failed(exc)
+            raise
 
-        parallel = self.src.parallel and self.dst.parallel
-        workers = req.workers if parallel or isinstance(self.src, LocalEndpoint) or \
-            isinstance(self.dst, LocalEndpoint) else 1
-        self.sessions = self._open_sessions(max(1, workers))
-        self.workers = len(self.sessions)
-        result["workers"] = self.workers
-        self.stats = [Stats() for _s in self.sessions]
-        if self.hasher is not None and req.verify:
-            for idx, (_off, length) in enumerate(copy):
-                slots = -(-length // self.piece)
-                self.src_digests[idx] = bytearray(slots * self.hasher.size)
-                self.src_have[idx] = bytearray(slots)
-                self.dst_digests[idx] = bytearray(slots * self.hasher.size)
-                self.dst_have[idx] = bytearray(slots)
+    def _copy_and_check(self, copy, zero, done, started):
+        req = self.req
+        result = self.result
+        self._start_workers(copy)
         self._last_commit = time.time()
         copy_started = time.time()
         items = heapq.merge(self._pieces(copy, done, self.piece, COPY), self._pieces(zero, done, ZERO_PIECE, ZERO))
-        try:
-            self._run_pool(items, self._worker, progress=self._progress)
-        except BlockCopyError as exc:
-            self.status.write("failed", self.resumed_bytes + sum(s.done for s in self.stats), self.total_bytes,
-                              message=str(exc), force=True)
-            raise
-        except Exception as exc:
-            self.status.write("failed", self.resumed_bytes + sum(s.done for s in self.stats), self.total_bytes,
-                              message=str(exc), force=True)
-            raise
+        self._run_pool(items, self._worker, progress=self._progress)
         # one flush for the remaining work; without verification the run is complete with it. With
         # verification, what this flush made durable is saved with the verdict, in one state write
         # (killed while verifying, a re-run copies again what the last periodic commit did not record)
         finish_now = not (req.verify or req.image_digest)
         self._commit(force=True, complete=finish_now, save=finish_now)
+        self._copied = True
         copy_seconds = time.time() - copy_started
         total = Stats()
         for s in self.stats:
@@ -1009,15 +1083,53 @@ class Engine(object):
             "throughput_bytes_per_second": int(total.done / copy_seconds) if copy_seconds > 0 else 0,
         })
         result["changed"] = bool(total.written or total.zeroed or self.dest_created)
+        self._checks(copy, zero)
+        if not finish_now:
+            self.state.status = "complete"
+            self.state.save()
+        result["duration_seconds"] = round(time.time() - started, 3)
+        self.status.write("complete", self.total_bytes, self.total_bytes, force=True,
+                          extra={"bytes_written": total.written, "bytes_zeroed": total.zeroed})
+        return result
+
+    def _already_complete(self, mode, copy, zero, old, plan_id, files, started):
+        """A run of this plan with this sync_id completed: nothing is copied. A requested verification or
+        image digest still runs (it only reads), so the result confirms the replica."""
+        req = self.req
+        result = self.result
+        result["already_complete"] = True
+        self.state = old
+        self.resumed_bytes = self.total_bytes
+        self._copied = True
+        self.status = StatusFile(files.status, {"src": req.src, "dest": req.dest, "plan_id": plan_id,
+                                                "mode": mode, "pid": os.getpid()})
+        message = "already complete for sync_id %s" % req.sync_id
+        if req.verify or req.image_digest:
+            try:
+                self._start_workers(copy)
+                self._checks(copy, zero)
+            except BaseException as exc:
+                self._status_failed(exc)
+                raise
+            message += "; %s passed" % " and ".join(
+                name for name, asked in (("verification", req.verify), ("image digest", req.image_digest)) if asked)
+        result["duration_seconds"] = round(time.time() - started, 3)
+        self.status.write("complete", self.total_bytes, self.total_bytes, message=message, force=True)
+        return result
+
+    def _checks(self, copy, zero):
+        """The optional verification and whole-image digests, after the copy (or of a completed plan).
+        A failure makes the plan unfinished again, so that the next run does not report it complete."""
+        req = self.req
+        result = self.result
         if req.verify:
             self.status.write("verifying", self.total_bytes, self.total_bytes, force=True)
             verification, mismatches = self._verify(copy, zero)
             result["verification"] = verification
             if mismatches:
                 self.state.done = extlib.subtract(self.state.done, mismatches)
+                self.state.status = "running"
                 self.state.save()
-                self.status.write("failed", self.total_bytes, self.total_bytes, force=True,
-                                  message="verification failed")
                 raise VerificationError(
                     "verification failed: %d ranges of target %s differ from source %s (first at offset %d); "
                     "they were removed from the resume state, so re-running copies them again. If it fails "
@@ -1033,22 +1145,14 @@ class Engine(object):
                 "source": src_digest, "target": dst_digest, "match": src_digest == dst_digest,
                 "seconds": round(time.time() - t0, 3)}
             if src_digest != dst_digest:
+                self.state.status = "running"
                 self.state.save()  # the copied ranges are in place; the run stays unfinished
-                self.status.write("failed", self.total_bytes, self.total_bytes, force=True,
-                                  message="image digests differ")
                 raise VerificationError(
                     "whole-image digests differ after the sync: source %s %s, target %s %s. The copied extents "
                     "are in place, but the target as a whole is not a replica of the source: the change list "
                     "missed changes, or the target was not in sync with the previous change point. Run a full "
                     "sync (mode allocated or all, or compare)" % (req.src, src_digest, req.dest, dst_digest),
                     result)
-        if not finish_now:
-            self.state.status = "complete"
-            self.state.save()
-        result["duration_seconds"] = round(time.time() - started, 3)
-        self.status.write("complete", self.total_bytes, self.total_bytes, force=True,
-                          extra={"bytes_written": total.written, "bytes_zeroed": total.zeroed})
-        return result
 
 
 def run_sync(req, warn=None):

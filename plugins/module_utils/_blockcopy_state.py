@@ -217,6 +217,9 @@ class ResumeState(object):
         # after a flush: a resumed run checks them first, so a target re-created or rewritten since (same
         # path, inode or device number) is not taken for the one this state describes
         self.witnesses = []
+        # whether a done range holds data (non-zero bytes) on the target; such a state is only trusted with a
+        # witness. None: a state written before this was recorded (unknown)
+        self.holds_data = False
 
     def add_witness(self, offset, length, digest):
         self.witnesses = (self.witnesses + [[offset, length, digest]])[-WITNESSES:]
@@ -233,6 +236,7 @@ class ResumeState(object):
             "done": [[o, n] for o, n in self.done],
             "done_bytes": extlib.total_bytes(self.done),
             "witnesses": self.witnesses,
+            "holds_data": self.holds_data,
         })
         return data
 
@@ -248,11 +252,13 @@ class ResumeState(object):
         state = cls(files, data.get("plan_id"), data.get("target_fingerprint"), {
             k: v for k, v in data.items()
             if k not in ("version", "plan_id", "target_fingerprint", "status", "created", "updated", "done",
-                         "done_bytes", "witnesses")})
+                         "done_bytes", "witnesses", "holds_data")})
         state.status = data.get("status", "running")
         state.created = data.get("created", state.created)
         state.done = extlib.normalize([(int(o), int(n)) for o, n in data.get("done", [])])
         state.witnesses = [[int(w[0]), int(w[1]), str(w[2])] for w in data.get("witnesses", [])][-WITNESSES:]
+        holds = data.get("holds_data")
+        state.holds_data = None if holds is None else bool(holds)
         return state
 
 

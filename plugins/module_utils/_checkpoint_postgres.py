@@ -62,11 +62,12 @@ class PostgresStore(SqlStore):
         info = getattr(self.conn, "info", None)
         self.where = "%s@%s:%s/%s" % (getattr(info, "user", "?"), getattr(info, "host", "?"),
                                       getattr(info, "port", "?"), getattr(info, "dbname", "?")) if info else "?"
-        if create:
+        # CREATE ... IF NOT EXISTS still needs CREATE rights on the schema: a role with only DML grants on
+        # tables a DBA created must never run it, so the tables are looked up first
+        self.exists = self._tables_exist()
+        if create and not self.exists:
             self._ensure_schema()
             self.exists = True
-        else:
-            self.exists = self._tables_exist()
 
     def _tables_exist(self):
         cur = self.conn.cursor()

@@ -126,6 +126,8 @@ def _query_disk(client, vm, source, snap, snap_text, vm_text, disk, request, coa
         "vm": source["vm"],
         "vm_instance_uuid": source["vm_instance_uuid"],
         "snapshot": snap["moid"],
+        # change id "*" asks for the allocated areas: all the data of the disk, not a delta
+        "coverage": "allocated" if change_id == "*" else "changed",
     }
     writer = None
     try:
@@ -145,7 +147,7 @@ def _query_disk(client, vm, source, snap, snap_text, vm_text, disk, request, coa
         if writer is not None:
             writer.abort()
             writer = ExtentFileWriter(request.extent_file, metadata=dict(metadata, full_sync_required="true",
-                                                                         reason=full.reason))
+                                                                         reason=full.reason, coverage="allocated"))
         collector = ExtentCollector(capacity, max_results=max_results, sink=writer.add if writer else None)
         collector.add(0, capacity)
         collector.finish()

@@ -13,9 +13,25 @@ Example::
 
     # cbt.toolkit extents v1
     # capacity=10737418240
+    # coverage=changed
     # block_metadata_type=VARIABLE_LENGTH
     0 4194304
     8388608 65536
+
+What a list means is said by two metadata keys (read them with ``coverage_of``):
+
+``coverage``
+    ``changed`` (also when the key is absent): a delta - the ranges that changed since the change
+    point the target is at; everything else on the target is already right. ``allocated``: the
+    listed ranges are all the data of the source; everything else in ``[0, capacity)`` reads as
+    zeros (a writer falls back to this when the changes are unknown, for example a CSI base
+    snapshot that cannot be used or a VMware query with change id ``*``). Applied to an existing
+    target, an ``allocated`` list must also make everything it does not list zero there, or data
+    the source no longer holds stays on the target. Files written before the key existed are
+    read as ``allocated`` when they carry ``call=allocated`` or ``change_id=*``.
+``starting_offset``
+    ``N``: the listing covers only ``[N, capacity)`` (a listing resumed part-way); what changed
+    before ``N`` is not in it. Absent or ``0``: it covers the whole disk.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -266,6 +282,41 @@ def write_extent_file(path, extents, metadata=None):
     with ExtentFileWriter(path, metadata) as writer:
         writer.add_many(extents)
     return {"path": path, "count": writer.count, "bytes": writer.bytes}
+
+
+COVERAGE_CHANGED = "changed"
+COVERAGE_ALLOCATED = "allocated"
+
+
+def coverage_of(metadata, name="extent list"):
+    """``(coverage, starting_offset, reason)`` of an extent list's metadata (see the module docstring).
+
+    ``coverage`` is ``changed`` or ``allocated``; ``reason`` is the ``key=value`` that decided it (None
+    for a delta without any marker). Raises ExtentError for a value it does not know.
+    """
+    metadata = metadata or {}
+    coverage = str(metadata.get("coverage", "")).strip().lower()
+    reason = None
+    if coverage:
+        if coverage not in (COVERAGE_CHANGED, COVERAGE_ALLOCATED):
+            raise ExtentError("%s: coverage=%s is neither '%s' nor '%s'; the list cannot be applied safely"
+                              % (name, metadata.get("coverage"), COVERAGE_CHANGED, COVERAGE_ALLOCATED))
+        reason = "coverage=%s" % coverage
+    elif str(metadata.get("call", "")).strip() == "allocated":
+        coverage, reason = COVERAGE_ALLOCATED, "call=allocated"
+    elif str(metadata.get("change_id", "")).strip() == "*":
+        coverage, reason = COVERAGE_ALLOCATED, "change_id=*"
+    else:
+        coverage = COVERAGE_CHANGED
+    starting_offset = 0
+    if metadata.get("starting_offset") not in (None, ""):
+        try:
+            starting_offset = int(str(metadata["starting_offset"]).strip(), 0)
+        except ValueError:
+            raise ExtentError("%s: starting_offset=%s is not a number of bytes" % (name, metadata["starting_offset"]))
+        if starting_offset < 0:
+            raise ExtentError("%s: starting_offset=%d is negative" % (name, starting_offset))
+    return coverage, starting_offset, reason
 
 
 def read_extent_file(path):

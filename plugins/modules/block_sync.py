@@ -97,6 +97,13 @@ options:
       - A file in the collection's extent format (written by C(cbt.toolkit.csi_snapshot_diff) and the VMware
         changed-area query) - one C(offset length) line per extent, C(#) comments. A C(# capacity=N) line must
         match the source size.
+      - A C(# coverage=allocated) line (also the older marks C(# call=allocated) and C(# change_id=*)) says the
+        list holds all the data of the source rather than the changes since the target's change point, as
+        written when the changes are unknown. Then everything the list does not name is made zero on the target
+        too (where the target holds data), so no data the source no longer has stays behind; the result says so
+        in RV(plan.zeroes_unlisted). C(# coverage=changed) or no such line is a delta.
+      - A list with C(# starting_offset=N) (N > 0) covers only the disk from offset N on and is refused; list the
+        changes again from offset 0.
     type: path
   extents_check:
     description:
@@ -158,9 +165,9 @@ options:
       - V(auto) continues an unfinished run of the same plan (same source, target, mode and extents) and refuses
         to start when an unfinished run of a different plan left ranges this run does not cover.
       - Saved progress is only trusted while the target still holds it - each commit reads back a small sample
-        of what it finished, and a re-run compares those samples first. A target re-created or written by
+        of data it wrote, and a re-run compares those samples first. A target re-created or written by
         something else since (even at the same path, inode or device number) is copied whole again, with a
-        warning.
+        warning. So is a target whose saved progress records data but no such sample.
       - From an NBD export or a block device, an unfinished run is only continued with O(sync_id) - nothing else
         shows that the same URL or device still serves the same snapshot (a regular file's modification time is
         part of the plan). Without it the run copies everything again, with a warning.
@@ -182,8 +189,10 @@ options:
   sync_id:
     description:
       - An identifier of this change point, for example the VMware changeId or the CSI snapshot id.
-      - When a previous run with the same O(sync_id), source, target, mode and extents completed, the task does
-        nothing and reports RV(already_complete=true) and C(changed=false). Without it, every run copies again.
+      - When a previous run with the same O(sync_id), source, target, mode and extents completed, the task copies
+        nothing and reports RV(already_complete=true) and C(changed=false). A requested O(verify) or O(image_digest)
+        still runs and is reported; when it fails, the plan is marked unfinished, so the next run copies again
+        what differs. Without O(sync_id), every run copies again.
       - Give it whenever the source is an NBD export or a block device, so that an interrupted run can resume.
     type: str
   request_size:
@@ -308,6 +317,10 @@ plan:
     hole_bytes:
       description: Bytes in those holes.
       type: int
+    zeroes_unlisted:
+      description: Whether the extent file lists all the data of the source (C(coverage=allocated)), so that
+        everything it does not list is made zero on the target (counted in RV(plan.hole_bytes)).
+      type: bool
 plan_id:
   description: Identifier of the plan (source, target, mode, extents, sync_id); the resume state is tied to it.
   returned: always
@@ -338,6 +351,14 @@ input_extents:
     metadata:
       description: C(# key=value) metadata of the extent file.
       type: dict
+    coverage:
+      description: V(changed) (a delta) or V(allocated) (all the data of the source), from the extent file's
+        metadata.
+      type: str
+    coverage_from:
+      description: The metadata that decided RV(input_extents.coverage) (C(coverage=allocated),
+        C(call=allocated), C(change_id=*), C(coverage=changed)); absent for a list without such a mark.
+      type: str
 allocation_known:
   description: In mode allocated, whether the source could report its allocation.
   returned: when O(mode=allocated)
@@ -411,7 +432,7 @@ throughput_bytes_per_second:
   returned: when something was copied
   type: int
 verification:
-  description: Per-extent checksum verification.
+  description: Per-extent checksum verification (also of a plan found already complete).
   returned: when O(verify=true) and not in check mode
   type: dict
   contains:
@@ -454,7 +475,7 @@ verification:
         RV(copy_seconds)).
       type: float
 image_digest:
-  description: Whole-image digests of source and target.
+  description: Whole-image digests of source and target (also of a plan found already complete).
   returned: when O(image_digest=true) and not in check mode
   type: dict
   contains:

@@ -251,3 +251,44 @@ def test_module_records_advance_together(store_args, run_module):
     res, run = run_module("cbt_checkpoint_info", dict(store_args, source_id=records[0]["source_id"],
                                                       target=records[0]["target"]))
     assert res["checkpoint"]["change_id"] == "52 2000/1", run  # the first disk did not move either
+
+
+def test_postgres_role_with_only_table_grants_can_advance_and_delete(postgres):
+    """A least-privilege role: the tables were created by their owner, the role has SELECT/INSERT/UPDATE/
+    DELETE on them (and USAGE on the history sequence) but no CREATE on the schema. Opening the store must
+    not run DDL, so advancing and deleting work."""
+    suffix = uuid.uuid4().hex[:8]
+    table = "cp_dml_%s" % suffix
+    role = "cbt_dml_%s" % suffix
+    role_password = "dml-secret-%s" % suffix
+    owner = PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
+    owner.close()
+    import psycopg  # pylint: disable=import-outside-toplevel
+
+    admin = psycopg.connect("host=127.0.0.1 port=%d dbname=%s user=postgres" % (postgres.port, postgres.database),
+                            password=postgres.password, autocommit=True)
+    try:
+        admin.execute("CREATE ROLE %s LOGIN PASSWORD '%s'" % (role, role_password))
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        for name in (table, table + "_history"):
+            admin.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s" % (name, role))
+        admin.execute("GRANT USAGE ON SEQUENCE %s_history_id_seq TO %s" % (table, role))
+        can_create = admin.execute("SELECT has_schema_privilege(%s, 'public', 'CREATE')", (role,)).fetchone()[0]
+        assert can_create is False
+        dsn = "host=127.0.0.1 port=%d dbname=%s user=%s" % (postgres.port, postgres.database, role)
+        store = PostgresStore(dsn, password=role_password, table=table)
+        try:
+            changed, record, _previous = store.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/1",
+                                                       expected_generation=0)
+            assert changed and record["generation"] == 1
+            changed, record, _previous = store.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/2",
+                                                       expected_previous="52 aa/1")
+            assert changed and record["generation"] == 2
+            assert store.delete("vm:1:disk-2000", "/dev/vg0/r", expected_previous="52 aa/2")[0] is True
+            assert store.get("vm:1:disk-2000", "/dev/vg0/r") is None
+        finally:
+            store.close()
+    finally:
+        admin.execute("DROP OWNED BY %s" % role)
+        admin.execute("DROP ROLE %s" % role)
+        admin.close()

@@ -152,7 +152,9 @@ def test_extent_file_with_capacity_and_normalisation_report(tmp_path, images):
     info = result["input_extents"]
     assert info["sorted"] is False and info["overlapping_bytes"] == 4096 and info["normalized_count"] == 2
     assert "sorted" in info["normalization"] and "merged" in info["normalization"]
-    assert result["plan"] == {"extents": 2, "bytes": 12288 + 4096, "hole_extents": 0, "hole_bytes": 0}
+    assert result["plan"] == {"extents": 2, "bytes": 12288 + 4096, "hole_extents": 0, "hole_bytes": 0,
+                              "zeroes_unlisted": False}
+    assert info["coverage"] == "changed"
 
 
 def test_compare_mode_writes_only_differing_granules(tmp_path, images):
@@ -673,3 +675,210 @@ def test_witnesses_are_data_read_back_after_a_flush(tmp_path, images):
             data = f.read(length)
             assert length == bc.WITNESS_LENGTH and data != bytes(length)  # never a zero sample
             assert hashlib.sha256(data).hexdigest() == want
+
+
+# -- witnesses of data actually written ------------------------------------------------------------
+def _data_then_zeros(path):
+    """4 MiB of random data, then 16 MiB of zeros (a hole)."""
+    with open(path, "wb") as f:
+        f.write(random.Random(11).randbytes(4 * MiB))
+        f.truncate(20 * MiB)
+    return path
+
+
+def test_a_recreated_target_whose_last_pieces_were_zeros_is_copied_again(tmp_path):
+    src = _data_then_zeros(tmp_path / "src.img")
+    dst = tmp_path / "dst.img"
+    first = sync(tmp_path, src, dst, mode="all", sync_id="snap-1", workers=1)
+    assert first["changed"] and digest(src) == digest(dst)
+    state = json.loads(open(_state_file(tmp_path)).read())
+    _recreate_in_place(dst)
+    again = sync(tmp_path, src, dst, mode="all", sync_id="snap-1", workers=1)
+    assert again["already_complete"] is False and again["changed"] is True
+    assert any("no longer holds" in w for w in again["_warnings"]), again["_warnings"]
+    assert digest(src) == digest(dst)
+    # the witness is a place where data was written, not one of the last (zero) pieces
+    assert state["holds_data"] is True and [w[0] for w in state["witnesses"]] == [0]
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_state_with_data_but_no_witness_is_not_trusted(tmp_path, legacy):
+    src = _data_then_zeros(tmp_path / "src.img")
+    dst = tmp_path / "dst.img"
+    sync(tmp_path, src, dst, mode="all", sync_id="snap-1", workers=1)
+    path = _state_file(tmp_path)
+    data = json.loads(open(path).read())
+    data["witnesses"] = []
+    if legacy:
+        data.pop("holds_data", None)  # written before the field existed
+    open(path, "w").write(json.dumps(data))
+    _recreate_in_place(dst)
+    result = sync(tmp_path, src, dst, mode="all", sync_id="snap-1", workers=1)
+    assert result["already_complete"] is False and result["bytes_written"] == 4 * MiB
+    assert any("no sample of the target" in w for w in result["_warnings"]), result["_warnings"]
+    assert digest(src) == digest(dst)
+
+
+def test_a_state_of_zeros_only_needs_no_witness(tmp_path):
+    src = tmp_path / "src.img"
+    with open(src, "wb") as f:
+        f.truncate(8 * MiB)
+    dst = tmp_path / "dst.img"
+    make_image(dst, 8 * MiB, seed=5, layout="d")
+    sync(tmp_path, src, dst, mode="all", sync_id="snap-1")
+    data = json.loads(open(_state_file(tmp_path)).read())
+    assert data["holds_data"] is False and data["witnesses"] == []
+    result = sync(tmp_path, src, dst, mode="all", sync_id="snap-1")
+    assert result["already_complete"] is True and not result["_warnings"]
+
+
+# -- the progress file after a failure past the copy ------------------------------------------------
+def _status(tmp_path):
+    return json.loads(open(_state_file(tmp_path).replace(".json", ".status.json")).read())
+
+
+def test_status_file_says_failed_when_the_final_commit_fails(tmp_path, images, monkeypatch):
+    src, dst = images
+    real_save = bst.ResumeState.save
+
+    def failing_save(self):
+        if self.status == "complete":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self)
+
+    monkeypatch.setattr(bst.ResumeState, "save", failing_save)
+    with pytest.raises(OSError):
+        sync(tmp_path, src, dst, mode="allocated")
+    status = _status(tmp_path)
+    assert status["state"] == "failed" and "No space left" in status["message"]
+
+
+@pytest.mark.parametrize("step,kwargs", [("_verify", {"verify": True}), ("_image_digest", {"image_digest": True})])
+def test_status_file_says_failed_when_a_check_fails(tmp_path, images, monkeypatch, step, kwargs):
+    src, dst = images
+
+    def broken(self, *args):
+        raise bio.BlockCopyError("cannot read the target for the %s: boom" % step)
+
+    monkeypatch.setattr(bc.Engine, step, broken)
+    with pytest.raises(bio.BlockCopyError):
+        sync(tmp_path, src, dst, mode="allocated", checksum_algorithm="sha256", **kwargs)
+    status = _status(tmp_path)
+    assert status["state"] == "failed" and "boom" in status["message"]
+
+
+# -- a completed plan still verifies when asked ---------------------------------------------------
+def test_already_complete_runs_a_requested_verification_and_digest(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", request_size=MiB)
+    result = sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", request_size=MiB, verify=True,
+                  image_digest=True, checksum_algorithm="sha256")
+    assert result["already_complete"] is True and result["changed"] is False and result["bytes_written"] == 0
+    assert result["verification"]["passed"] is True and result["verification"]["bytes"] == result["plan"]["bytes"]
+    assert result["image_digest"]["match"] is True
+    status = _status(tmp_path)
+    assert status["state"] == "complete" and "verification and image digest passed" in status["message"]
+
+
+def test_already_complete_verification_finds_a_damaged_replica(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", request_size=MiB)
+    with open(dst, "r+b") as f:  # not where the witness is (the last data piece)
+        f.seek(3 * MiB + 100)
+        f.write(b"damage")
+    with pytest.raises(bc.VerificationError) as err:
+        sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", request_size=MiB, verify=True,
+             checksum_algorithm="sha256")
+    result = err.value.result
+    assert result["already_complete"] is True and result["changed"] is False
+    assert [(m["offset"], m["length"]) for m in result["verification"]["mismatches"]] == [(3 * MiB, MiB)]
+    assert _status(tmp_path)["state"] == "failed"
+    # the plan is unfinished again: the next run copies what differs instead of reporting it complete
+    again = sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", request_size=MiB)
+    assert again["already_complete"] is False and again["resumed"] is True and again["bytes_read"] == MiB
+    assert digest(src) == digest(dst)
+
+
+# -- the state is decided under the lock, and check mode decides alike ---------------------------
+def _unfinished_other_plan(tmp_path, dst):
+    state_path = _state_file(tmp_path)
+    files = bst.StateFiles(str(tmp_path / "state"), bc._target_id(str(dst)))
+    bst.write_plan(files.plan, "otherplan", [(0, 2 * MiB)], [])
+    data = json.loads(open(state_path).read())
+    data.update({"plan_id": "otherplan", "status": "running", "done": [[0, MiB]]})
+    open(state_path, "w").write(json.dumps(data))
+
+
+def test_check_mode_refuses_an_uncovered_unfinished_plan_like_the_run(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    _unfinished_other_plan(tmp_path, dst)
+    for check_mode in (True, False):
+        with pytest.raises(bio.ValidationError) as err:
+            sync(tmp_path, src, dst, extents=[[4 * MiB, 4096]], check_mode=check_mode)
+        assert "unfinished block_sync run of a different plan" in str(err.value)
+
+
+def test_the_resume_state_is_read_again_under_the_lock(tmp_path, images, monkeypatch):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    sync(tmp_path, src, dst, extents=[[4 * MiB, 4096]], sync_id="snap-1")
+    real_acquire = bst.TargetLock.acquire
+
+    def another_run_first(self):
+        # another run of a different plan held the lock and left its unfinished state behind
+        _unfinished_other_plan(tmp_path, dst)
+        return real_acquire(self)
+
+    monkeypatch.setattr(bst.TargetLock, "acquire", another_run_first)
+    with pytest.raises(bio.ValidationError) as err:
+        sync(tmp_path, src, dst, extents=[[4 * MiB, 4096]], sync_id="snap-1")
+    assert "unfinished block_sync run of a different plan" in str(err.value)
+
+
+# -- extent lists of all the allocated data ------------------------------------------------------
+def _moved_data(tmp_path, src, dst):
+    """A synced target, then the source loses data at MiB 0 (a hole now) and gains data at MiB 2."""
+    sync(tmp_path, src, dst, mode="allocated")
+    fd = os.open(str(src), os.O_RDWR)
+    try:
+        bio.fallocate(fd, bio.FALLOC_FL_PUNCH_HOLE | bio.FALLOC_FL_KEEP_SIZE, 0, MiB)
+        os.pwrite(fd, random.Random(4).randbytes(MiB), 2 * MiB)
+    finally:
+        os.close(fd)
+    assert digest(src) != digest(dst)
+
+
+@pytest.mark.parametrize("metadata", [{"coverage": "allocated"}, {"call": "allocated"}, {"change_id": "*"}])
+def test_an_allocated_extent_list_zeroes_what_it_does_not_list(tmp_path, images, metadata):
+    src, dst = images
+    _moved_data(tmp_path, src, dst)
+    path = str(tmp_path / "allocated.extents")
+    extlib.write_extent_file(path, data_ranges(str(src)), dict(metadata, capacity=8 * MiB))
+    check = sync(tmp_path, src, dst, extent_file=path, check_mode=True)
+    assert check["changed"] and check["bytes_to_zero"] >= MiB and check["plan"]["zeroes_unlisted"] is True
+    result = sync(tmp_path, src, dst, extent_file=path)
+    assert result["plan"]["zeroes_unlisted"] is True and result["input_extents"]["coverage"] == "allocated"
+    assert result["plan"]["hole_bytes"] == 8 * MiB - extlib.total_bytes(data_ranges(str(src)))
+    assert result["bytes_zeroed"] >= MiB
+    assert digest(src) == digest(dst)
+
+
+def test_a_changed_extent_list_leaves_unlisted_ranges_alone(tmp_path, images):
+    src, dst = images
+    _moved_data(tmp_path, src, dst)
+    path = str(tmp_path / "changed.extents")
+    extlib.write_extent_file(path, [(2 * MiB, MiB)], {"coverage": "changed", "capacity": 8 * MiB})
+    result = sync(tmp_path, src, dst, extent_file=path)
+    assert result["plan"]["zeroes_unlisted"] is False and result["plan"]["hole_bytes"] == 0
+    assert result["bytes_zeroed"] == 0
+    assert digest(src) != digest(dst)  # the change at MiB 0 was not listed: it is not the engine's to guess
+
+
+def test_a_partial_listing_is_refused(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    path = str(tmp_path / "partial.extents")
+    extlib.write_extent_file(path, [(4 * MiB, MiB)], {"coverage": "allocated", "starting_offset": 4 * MiB})
+    msg = _untouched(tmp_path, src, dst, "starting_offset=%d" % (4 * MiB), extent_file=path)
+    assert "from offset 0" in msg
