@@ -24,6 +24,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
     VmwareApiError,
     VmwareError,
     VmwarePermissionDenied,
+    VmwareTaskTimeout,
     VmwareUnreachable,
     fault_name,
     fault_text,
@@ -57,7 +58,7 @@ FULL_SYNC_FAULTS = ("FileFault", "NotFound", "InvalidArgument", "MethodNotFound"
 
 class CbtError(VmwareError):
     """A CBT operation failed. ``kind``: unsupported, reconfigure_failed, init_snapshot_failed,
-    no_change_id, snapshot_remove_failed, snapshot_failed, query_failed."""
+    no_change_id, snapshot_remove_failed, snapshot_failed, query_failed, extent_file_failed."""
 
     def __init__(self, msg, kind="cbt_failed", fault=None, **details):
         super(CbtError, self).__init__(msg, fault=fault, **details)
@@ -169,7 +170,11 @@ def settle_task(client, task, what, timeout, expected_privilege=None):
 def remove_snapshot(client, vm, snapshot_ref, name, timeout, vm_text, attempts=3):
     """Remove one snapshot (consolidating), retrying a failed task; then consolidate if vCenter
     still says so. Returns None, the last removal error (the snapshot may still be there), or a
-    :class:`ConsolidationFailed` (the snapshot is gone, the disks still need consolidation)."""
+    :class:`ConsolidationFailed` (the snapshot is gone, the disks still need consolidation).
+
+    A removal task still running when its wait ended (timeout, lost connection) is waited for once
+    more, at most ``SETTLE_TIMEOUT`` seconds; no second removal of the same snapshot is started
+    while it runs."""
     what = "removing snapshot '%s' (%s) of VM %s" % (name, getattr(snapshot_ref, "_moId", "?"), vm_text)
     last = None
     for attempt in range(attempts):
@@ -180,10 +185,15 @@ def remove_snapshot(client, vm, snapshot_ref, name, timeout, vm_text, attempts=3
             break
         except VmwareError as exc:
             last = exc
-            if is_fault(exc.fault, "ManagedObjectNotFound"):
+            task = unfinished_task(exc)
+            if task is not None:
+                last = _settle_removal(client, task, what, min(timeout, SETTLE_TIMEOUT))
+                if last is None or isinstance(last, VmwareTaskTimeout):
+                    break  # removed, or still running: never a second removal beside it
+            if is_fault(last.fault, "ManagedObjectNotFound"):
                 last = None  # already gone
                 break
-            if isinstance(exc, VmwarePermissionDenied):
+            if isinstance(last, VmwarePermissionDenied):
                 break
             still_there = [s for s in read_snapshots(client, vm) if s["moid"] == getattr(snapshot_ref, "_moId", None)]
             if not still_there:
@@ -201,6 +211,23 @@ def remove_snapshot(client, vm, snapshot_ref, name, timeout, vm_text, attempts=3
                                                                   exc.msg, CONSOLIDATE_ADVICE),
                                    exc.msg, fault=exc.fault)
     return None
+
+
+def _settle_removal(client, task, what, timeout):
+    """Wait once more for a removal task whose wait ended before it did. Returns None (it
+    succeeded), its error (it failed: another attempt may follow), or a VmwareTaskTimeout naming
+    the task (still running)."""
+    moid = getattr(task, "_moId", "?")
+    try:
+        client.wait_task(task, what, timeout=max(1, timeout), expected_privilege=PRIV_REMOVE_SNAPSHOT)
+        return None
+    except VmwareError as exc:
+        if unfinished_task(exc) is None:
+            return exc
+        why = exc.msg
+    return VmwareTaskTimeout("%s: its task %s had not finished when this run stopped waiting for it (%s), so no second "
+                             "removal was started. vCenter usually finishes it: check the task in vCenter, then run "
+                             "again" % (what, moid, why), task=moid)
 
 
 def consolidate_if_needed(client, vm, timeout, vm_text):

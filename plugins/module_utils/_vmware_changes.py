@@ -31,7 +31,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
     iter_changed_areas,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import ChangeIdError, parse_change_id
-from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentFileWriter
+from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentFileWriter, publish_all
 
 DISK_KEYS = ("key", "label", "file", "capacity_bytes", "backing", "disk_mode", "eligible", "reason", "change_id")
 
@@ -77,6 +77,8 @@ def parse_requests(entries, coalesce_gap, max_results, what="disks"):
             except ChangeIdError as exc:
                 raise _invalid("%s: %s" % (label, exc))
         if extent_file:
+            if os.path.isdir(extent_file):
+                raise _invalid("extent file %s of disk %d is a folder; give the path of a file in it" % (extent_file, key))
             folder = os.path.dirname(os.path.abspath(extent_file))
             if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
                 raise _invalid("extent file %s of disk %d: folder %s %s; create it or choose another path"
@@ -191,10 +193,16 @@ def query_changes(client, vm, vm_text, facts, snap, snap_disks, live_disks, requ
             if writer is not None:
                 writer.abort()
         raise
-    # every query succeeded: the extent files appear now, all of them
-    for result, writer in zip(results, writers):
-        if writer is not None:
-            result["extent_file"] = writer.close()["path"]
+    # every query succeeded: the extent files appear now, all of them or none
+    files = [(result, writer) for result, writer in zip(results, writers) if writer is not None]
+    try:
+        published = publish_all([writer for _result, writer in files])
+    except OSError as exc:
+        raise CbtError("writing the extent file %s failed: %s; no extent file of this call was kept. Free space "
+                       "there or choose another path, then run again" % (exc.filename, exc.strerror or exc),
+                       kind="extent_file_failed")
+    for (result, _writer), done in zip(files, published):
+        result["extent_file"] = done["path"]
     return results, round(time.monotonic() - began, 3)
 
 

@@ -250,15 +250,23 @@ class ExtentFileWriter:
         self.count += count
         self.bytes += sum(sizes) if total is None else total
 
-    def close(self):
+    def finish(self):
+        """Write out and fsync the temporary file; nothing appears at ``path`` yet."""
         self._file.write("".join(self._lines))
         self._lines = []
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         os.chmod(self._tmp, 0o644)
+
+    def publish(self):
+        """Put the finished file at ``path`` (one rename)."""
         os.replace(self._tmp, self.path)
         return {"path": self.path, "count": self.count, "bytes": self.bytes}
+
+    def close(self):
+        self.finish()
+        return self.publish()
 
     def abort(self):
         try:
@@ -276,6 +284,35 @@ class ExtentFileWriter:
         else:
             self.abort()
         return False
+
+
+def publish_all(writers):
+    """Close several writers all or none: every file is written and fsynced first, then each is renamed
+    into place. On any failure nothing of this call stays: the temporary files are removed and the files
+    already renamed into place are removed again. Returns the ``close()`` results; raises the OSError
+    (``filename`` set to the extent file it concerns)."""
+    published = []
+    current = None
+    try:
+        for writer in writers:
+            current = writer
+            writer.finish()
+        for writer in writers:
+            current = writer
+            published.append(writer.publish())
+        return published
+    except OSError as exc:
+        exc.filename = current.path if current is not None else exc.filename
+        raise
+    finally:
+        if len(published) < len(writers):
+            for writer in writers:
+                writer.abort()
+            for done in published:
+                try:
+                    os.unlink(done["path"])
+                except OSError:
+                    pass
 
 
 def write_extent_file(path, extents, metadata=None):

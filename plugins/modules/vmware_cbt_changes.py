@@ -75,8 +75,9 @@ options:
     description:
       - Several disks of the VM in one call, instead of O(disk_key), O(change_id) and O(extent_file).
       - Each key and each extent file may appear once. O(coalesce_gap) and O(max_results) apply to each disk.
-      - If any disk fails (unknown key, disk CBT cannot track, malformed changeId, a vSphere error), no extent
-        file is written. A disk that needs a full copy is not a failure (see RV(disks[].full_sync_required)).
+      - If any disk fails (unknown key, disk CBT cannot track, malformed changeId, a vSphere error, an extent
+        file that cannot be written), no extent file is written. A disk that needs a full copy is not a failure
+        (see RV(disks[].full_sync_required)).
     type: list
     elements: dict
     suboptions:

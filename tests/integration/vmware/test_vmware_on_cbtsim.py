@@ -228,6 +228,28 @@ def test_an_unfinished_snapshot_creation_is_cancelled_or_undone(run_tasks_env, s
     assert snapshots(sim, "u-cbt-gone") == [] and snapshots(sim, "u-mig-gone") == []
 
 
+def test_a_slow_snapshot_removal_is_waited_for_never_started_twice(run_tasks_env, sim):
+    """RemoveSnapshot_Task outlasting task_timeout (cbtsim holds it queued, not cancelable): the
+    task is waited for once more; a second removal of the same snapshot is never started."""
+    for name, delay in (("r-late", 2500), ("r-gone", 6000)):
+        moid = sim.create_vm(name, disks=[8 * MiB])["moid"]
+        sim.inject_fault("RemoveSnapshot_Task", "task_delay", vm=moid, delay_ms=delay, cancelable=False)
+    (late, gone), run = run_tasks_env([("vmware_cbt", {"name": "r-late", "task_timeout": 2}),
+                                       ("vmware_cbt", {"name": "r-gone", "task_timeout": 1})])
+    assert late.get("failed") is not True and late["cbt_initialized"] is True, late.get("msg")
+    assert [t["removed"] for t in late["temporary_snapshots"]] == [True]
+    assert_clean_failure(gone, run, "snapshot_remove_failed",
+                         ["could not be removed", "had not finished when this run stopped waiting for it",
+                          "no second removal was started"])
+    assert [t["removed"] for t in gone["temporary_snapshots"]] == [False]
+    assert [r["hits"] for r in sim.faults()] == [1, 1], "one RemoveSnapshot_Task per snapshot"
+    assert snapshots(sim, "r-late") == []
+    deadline = time.monotonic() + 30
+    while snapshots(sim, "r-gone"):  # the removal that was left running finishes on its own
+        assert time.monotonic() < deadline, "the removal task never finished"
+        time.sleep(0.2)
+
+
 # ------------------------------------------------------------------------------------------
 # changed areas
 

@@ -246,6 +246,43 @@ def test_a_failing_disk_publishes_no_extent_file_of_any_disk(world, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("step", ["fsync", "rename"])
+def test_an_extent_file_that_cannot_be_written_keeps_none_of_them(world, tmp_path, monkeypatch, step):
+    from ansible_collections.cbt.toolkit.plugins.module_utils import extents as extlib
+
+    world["disks"] = 2
+    world["vm"] = VM(AREAS, window=CAP, limit=100)
+    real_fsync, real_replace = extlib.os.fsync, extlib.os.replace
+    fsyncs = []
+
+    def fsync(fd):
+        fsyncs.append(fd)
+        if step == "fsync" and len(fsyncs) == 2:
+            raise OSError(28, "No space left on device")
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        if step == "rename" and dst.endswith("b.extents"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(extlib.os, "fsync", fsync)
+    monkeypatch.setattr(extlib.os, "replace", replace)
+    res = run_disks([{"key": 2000, "change_id": CID_BASE, "extent_file": str(tmp_path / "a.extents")},
+                     {"key": 2001, "change_id": CID_BASE, "extent_file": str(tmp_path / "b.extents")}])
+    assert res["failed"] and res["error_kind"] == "extent_file_failed", res
+    assert "writing the extent file %s failed: No space left on device" % (tmp_path / "b.extents") in res["msg"]
+    assert "no extent file of this call was kept" in res["msg"]
+    assert list(tmp_path.iterdir()) == []  # neither the first disk's file nor any temporary file
+
+
+def test_an_extent_file_path_that_is_a_folder_fails_before_connecting(world, tmp_path):
+    res = run_disks([{"key": 2000, "change_id": "*", "extent_file": str(tmp_path)}])
+    assert res["failed"] and res["error_kind"] == "invalid_argument", res
+    assert "extent file %s of disk 2000 is a folder" % tmp_path in res["msg"]
+    assert world["connected"] == 0
+
+
 @pytest.mark.parametrize("disks,text", [
     ([{"key": 2000, "change_id": "*"}, {"key": 2000, "change_id": CID_BASE}], "each key may appear once; repeated: 2000"),
     ([{"key": 2000, "change_id": "*", "extent_file": "/tmp/x"}, {"key": 2001, "change_id": "*", "extent_file": "/tmp/x"}],
