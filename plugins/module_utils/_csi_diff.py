@@ -14,6 +14,11 @@ import os
 import socket
 import time
 
+try:
+    from urllib.parse import urlsplit
+except ImportError:  # pragma: no cover - Python 2 is not supported by this collection
+    from urlparse import urlsplit  # type: ignore
+
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_codec import (
     BLOCK_METADATA_TYPES,
     METHOD_ALLOCATED,
@@ -174,14 +179,44 @@ def decide_base_mode(params, discovery, service, base_name, base_handle):
             "sidecar answers like v0.1.0" % evidence, True)
 
 
-def choose_transport(params, host):
+def _host_port(url):
+    """``(host, port)`` of an API server URL, host in lower case without IPv6 brackets, or ``None``."""
+    try:
+        parts = urlsplit(url if "//" in url else "https://" + url)
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    if port is None:
+        port = 80 if parts.scheme == "http" else 443
+    return parts.hostname.lower(), port
+
+
+def in_cluster_api_host(api_host, environ=None):
+    """Whether ``api_host`` (the API client's configured host) is the in-cluster API server of the pod
+    this runs in: ``https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`` (IPv6 in brackets)."""
+    environ = os.environ if environ is None else environ
+    service_host = (environ.get("KUBERNETES_SERVICE_HOST") or "").strip()
+    if not service_host or not api_host:
+        return False
+    try:
+        service_port = int(environ.get("KUBERNETES_SERVICE_PORT") or 443)
+    except ValueError:
+        return False
+    return _host_port(str(api_host)) == (service_host.strip("[]").lower(), service_port)
+
+
+def choose_transport(params, host, api_host=None):
+    """``(transport, reason)``. ``api_host`` is the API server the Kubernetes client talks to: only when
+    it is the in-cluster one does running in a pod mean the SnapshotMetadata service is in reach."""
     if params.get("connect_to"):
         return "direct", "connect_to %s was given" % params["connect_to"]
     wanted = params["transport"]
     if wanted != "auto":
         return wanted, "transport %s was requested" % wanted
-    if os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return "direct", "running inside a pod (KUBERNETES_SERVICE_HOST is set)"
+    if in_cluster_api_host(api_host):
+        return "direct", "running inside a pod of the cluster whose API server (%s) is used" % api_host
     try:
         socket.getaddrinfo(host, None)
         return "direct", "the service host %s resolves from here" % host
@@ -305,7 +340,8 @@ def _run(params, api_client, check_mode, on_token, transport_factory, proxy_fact
                          on_token=on_token)
     tokens.get()  # fail early, before any connection, when the token cannot be minted
 
-    transport_kind, transport_reason = choose_transport(params, service["host"])
+    api_host = getattr(getattr(api_client, "configuration", None), "host", None)
+    transport_kind, transport_reason = choose_transport(params, service["host"], api_host)
     proxy = None
     target_address = params.get("connect_to") or service["address"]
     if transport_kind == "port_forward" and (params.get("impersonate_user") or params.get("impersonate_groups")):
@@ -320,6 +356,9 @@ def _run(params, api_client, check_mode, on_token, transport_factory, proxy_fact
     if transport_kind == "port_forward":
         pf_namespace, pod, port = discovery.port_forward_target(service["address"])
         proxy = (proxy_factory or _default_proxy)(api_client, pf_namespace, pod, port)
+        if hasattr(proxy, "repick") and proxy.repick is None:
+            # a pod replaced during the listing (rollout, node drain): resume through its successor
+            proxy.repick = lambda: discovery.port_forward_target(service["address"])
         target_address = proxy.start()
         result["service"]["port_forward"] = {"namespace": pf_namespace, "pod": pod, "port": port,
                                              "local_address": target_address}
@@ -340,8 +379,15 @@ def _run(params, api_client, check_mode, on_token, transport_factory, proxy_fact
             "base": ("csi:%s/%s" % (namespace, base_name)) if (call == "delta" and base_name) else (
                 base_handle if call == "delta" else None),
             "call": call,
+            # what a consumer may assume about the blocks that are not listed: "changed" = unchanged since
+            # the base (a delta), "allocated" = unallocated (zero) in the snapshot, so a full copy of the
+            # listed blocks must zero the rest of the target
+            "coverage": "changed" if call == "delta" else "allocated",
             "driver": driver,
         }
+        if params["starting_offset"] > 0:
+            # the listing covers only [starting_offset, capacity)
+            metadata["starting_offset"] = params["starting_offset"]
 
         def attempt(mode_now):
             local_sink = ExtentSink(output_file, params["extents_limit"], params["coalesce"], metadata)
@@ -416,6 +462,8 @@ def _run(params, api_client, check_mode, on_token, transport_factory, proxy_fact
         if proxy is not None:
             proxy.close()
 
+    if proxy is not None and getattr(proxy, "repicked", None):
+        result["service"]["port_forward"].update(pod=proxy.pod, port=proxy.port, pods_repicked=list(proxy.repicked))
     validator = runner.validator
     result.update({
         "block_metadata_type": BLOCK_METADATA_TYPES.get(validator.block_type, "UNKNOWN"),

@@ -218,8 +218,8 @@ class TupleValidator:
     def accept(self, block_type, capacity, offsets, sizes, resume_floor=None):
         """Validate one message; return the (possibly trimmed) offsets and sizes to keep.
 
-        ``resume_floor`` is the starting_offset of a resumed stream, given for its first message
-        only: tuples ending at or before it are dropped and one straddling it is clipped.
+        ``resume_floor`` is the starting_offset of a resumed stream, given until a message yields a
+        tuple past it: tuples ending at or before it are dropped and one straddling it is clipped.
         """
         self.messages += 1
         count = len(offsets)
@@ -366,6 +366,7 @@ class StreamRunner:
         self.resumes = 0
         self.attempts = 0
         self.errors = []
+        self.rereads_at = []   # offsets after which an empty stream made the listing be read again from 0
 
     def run(self, starting_offset, sink):
         offset = starting_offset
@@ -373,14 +374,23 @@ class StreamRunner:
         force_token = False
         reminted = False      # a forced re-mint was tried since the last progress
         validator = self.validator
+        # Tuples ending at or before ``floor`` are dropped and one straddling it is clipped, until a
+        # message yields a tuple past it: a resumed stream may repeat what was already received.
+        floor = None
+        reread_at = None      # offset whose listing is being read again from offset 0
         while True:
             self.attempts += 1
             token = self.tokens.get(force=force_token)
             force_token = False
-            request = self.build_request(token, offset)
-            # A resumed stream may repeat or straddle the end of what was already received.
-            floor = offset if validator.end > 0 else None
+            if reread_at is not None:
+                request_offset, floor = 0, reread_at
+            else:
+                request_offset = offset
+                if validator.end > 0:
+                    floor = offset
+            request = self.build_request(token, request_offset)
             progressed = False
+            received = 0          # tuples in this stream, before the floor is applied
             try:
                 for raw in self.open_stream(request):
                     try:
@@ -388,18 +398,19 @@ class StreamRunner:
                     except DecodeError as exc:
                         raise SnapshotMetadataError("the SnapshotMetadata service sent a malformed message "
                                                     "(message %d): %s" % (validator.messages + 1, exc))
+                    received += len(offsets)
                     offsets, sizes = validator.accept(block_type, capacity, offsets, sizes, floor)
-                    floor = None
                     if validator.capacity is not None:
                         sink.open(validator.capacity, validator.block_type)
                     if offsets:
+                        floor = None
+                        reread_at = None
                         sink.add(offsets, sizes, validator.block_type == 1 and validator.clipped == 0)
                         offset = validator.end
                         progressed = True
-                return
             except StreamFailure as exc:
                 code, details = exc.code, exc.details
-                self.errors.append({"code": code, "message": details[:500], "starting_offset": offset})
+                self.errors.append({"code": code, "message": details[:500], "starting_offset": request_offset})
                 if progressed:
                     failures = 0
                     reminted = False
@@ -418,6 +429,37 @@ class StreamRunner:
                     delay = min(self.max_delay, self.retry_delay * (2 ** (failures - 1)))
                     if delay > 0:
                         self.sleep(delay)
+                continue
+            # The stream ended OK.
+            if received or request_offset == 0:
+                if reread_at is not None and not received and validator.end > 0:
+                    raise self._empty_from_offset(reread_at, again=True)
+                return
+            if validator.capacity is not None and request_offset >= validator.capacity:
+                return
+            # Nothing at all from a non-zero offset below the capacity. Some ceph-csi builds return no
+            # blocks whenever starting_offset > 0, which would end the listing early without an error; a
+            # volume without blocks after the offset looks the same. Read the listing again from offset 0
+            # (once per offset) and keep what lies past the offset.
+            if self.rereads_at and self.rereads_at[-1] >= request_offset:
+                raise self._empty_from_offset(request_offset)
+            self.rereads_at.append(request_offset)
+            reread_at = request_offset
+
+    def _empty_from_offset(self, offset, again=False):
+        ctx = self.context
+        what = ("GetMetadataDelta for VolumeSnapshot %s/%s against base %s" % (
+            ctx.get("namespace"), ctx.get("snapshot"), ctx.get("base"))
+            if ctx.get("call") == "delta" else
+            "GetMetadataAllocated for VolumeSnapshot %s/%s" % (ctx.get("namespace"), ctx.get("snapshot")))
+        capacity = self.validator.capacity
+        msg = ("%s: the CSI driver returned no blocks from starting_offset %d (volume capacity %s)%s; the listing "
+               "would stop short there. ceph-csi builds without the fix of March 2026 (ceph/ceph-csi PR #6200) "
+               "list nothing whenever starting_offset is above 0. Run the task again (a listing that is not cut "
+               "needs no resume), or upgrade the CSI driver"
+               % (what, offset, "unknown" if capacity is None else "%d bytes" % capacity,
+                  " and reading again from offset 0 returned no blocks either" if again else ""))
+        return SnapshotMetadataError(msg)
 
     def summary(self):
         v = self.validator
@@ -427,5 +469,6 @@ class StreamRunner:
             "resumes": self.resumes,
             "tuples_dropped_on_resume": v.dropped,
             "tuples_clipped_on_resume": v.clipped,
+            "rereads_from_zero": len(self.rereads_at),
             "stream_errors": self.errors[-20:],
         }

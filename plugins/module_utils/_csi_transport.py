@@ -20,6 +20,7 @@ import select
 import selectors
 import socket
 import threading
+import time
 import traceback
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._csi_stream import StreamFailure
@@ -108,12 +109,21 @@ class PortForwardProxy:
     """Listen on ``127.0.0.1:<free port>`` and carry every accepted connection to ``pod:port``
     through the Kubernetes API (one port-forward stream per connection)."""
 
-    def __init__(self, api_client, namespace, pod, port, connector=None):
+    def __init__(self, api_client, namespace, pod, port, connector=None, repick=None, max_repicks=3,
+                 repick_delay=1.0, sleep=time.sleep):
         self.api_client = api_client
         self.namespace = namespace
         self.pod = pod
         self.port = port
         self._connector = connector or self._kubernetes_connector
+        # ``repick()`` returns ``(namespace, pod, port)`` of a ready pod behind the Service now: used when
+        # the pod is gone (404), for example replaced by a rollout during a long listing.
+        self.repick = repick
+        self.max_repicks = max_repicks
+        self.repick_delay = repick_delay
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self.repicked = []    # pods picked again after a 404, in order
         self._core = None
         self._listener = None
         self._thread = None
@@ -152,13 +162,44 @@ class PortForwardProxy:
             self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), name="cbt-port-forward-conn", daemon=True).start()
 
+    def _connect(self):
+        """Open one port-forward; on a 404 (the pod is gone) pick the pod again, a bounded number of times."""
+        tries = 0
+        while True:
+            target = (self.namespace, self.pod, self.port)
+            try:
+                return self._connector()
+            except Exception as exc:  # pylint: disable=broad-except
+                if self.repick is None or tries >= self.max_repicks or not is_not_found(exc):
+                    raise
+                tries += 1
+                with self._lock:
+                    if (self.namespace, self.pod, self.port) != target:
+                        continue  # another connection picked a new pod already
+                    try:
+                        found = self.repick()
+                    except Exception as pick_exc:  # pylint: disable=broad-except
+                        raise RepickError(exc, pick_exc)
+                    if tuple(found) == target:
+                        # the EndpointSlice still lists the old pod: give it a moment to catch up
+                        self._sleep(self.repick_delay)
+                        continue
+                    self.namespace, self.pod, self.port = found
+                    self.repicked.append("%s/%s" % (found[0], found[1]))
+
     def _serve(self, conn):
         forward = None
         try:
             try:
-                remote, forward = self._connector()
+                remote, forward = self._connect()
+            except RepickError as exc:
+                self.errors.append("%s; picking another pod behind the Service failed: %s" % (
+                    connector_error_message(exc.original, self.namespace, self.pod, self.port),
+                    getattr(exc.pick_error, "msg", None) or exc.pick_error))
+                return
             except Exception as exc:  # pylint: disable=broad-except
-                self.errors.append(connector_error_message(exc, self.namespace, self.pod, self.port))
+                self.errors.append(connector_error_message(exc, self.namespace, self.pod, self.port,
+                                                           repicked=self.repick is not None))
                 return
             pump(conn, remote, self._closed)
             error = forward.error(self.port) if forward is not None and hasattr(forward, "error") else None
@@ -199,10 +240,31 @@ def _status_message(body):
     return message if isinstance(message, str) and message else None
 
 
-def connector_error_message(exc, namespace, pod, port):
-    """One line for a failed port-forward connection, naming the permission a 403 lacks."""
+class RepickError(Exception):
+    """The pod was gone (404) and picking another one failed."""
+
+    def __init__(self, original, pick_error):
+        super(RepickError, self).__init__(str(original))
+        self.original = original
+        self.pick_error = pick_error
+
+
+def _connector_error_text(exc):
     text = getattr(exc, "reason", None) if getattr(exc, "status", None) is not None else None
-    text = str(text or exc)
+    return str(text or exc)
+
+
+def is_not_found(exc):
+    """Whether a port-forward connection failed because the pod does not exist (HTTP 404)."""
+    if getattr(exc, "status", None) == 404:
+        return True
+    return bool(re.search(r"\b404\b", _connector_error_text(exc).split("-+-+-")[0]))
+
+
+def connector_error_message(exc, namespace, pod, port, repicked=False):
+    """One line for a failed port-forward connection, naming the permission a 403 lacks.
+    ``repicked``: the pod was already picked again after a 404."""
+    text = _connector_error_text(exc)
     # kubernetes.stream reports a refused websocket as "Handshake status 403 Forbidden -+-+- {headers}
     # -+-+- b'{Status JSON}'": keep the status line and the Status message, not the headers.
     parts = text.split("-+-+-")
@@ -225,7 +287,11 @@ def connector_error_message(exc, namespace, pod, port):
     elif re.search(r"\b401\b", text) or "unauthorized" in text.lower():
         msg += "; the Kubernetes credentials were rejected: check the token or client certificate of the kubeconfig"
     elif re.search(r"\b404\b", text):
-        msg += "; the pod no longer exists: run again to pick a current pod behind the Service"
+        if repicked:
+            msg += ("; the pod no longer exists and picking the pod behind the Service again did not help: check "
+                    "that the CSI controller pods are running and ready, then run again")
+        else:
+            msg += "; the pod no longer exists: run again to pick a current pod behind the Service"
     return msg
 
 

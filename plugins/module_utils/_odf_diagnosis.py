@@ -603,10 +603,29 @@ def scc_allows_secret(scc):
     return "secret" in vols or "*" in vols
 
 
-def resolve_volume_type(st, facts):
+def volume_type_choice(st, facts):
+    """``(type, reason)`` of the Driver's tls-key volume: ``secret``, or ``projected`` with a secret source."""
     if st.tls_volume_type != "auto":
-        return st.tls_volume_type
-    return "projected" if scc_allows_secret(facts.scc) is False else "secret"
+        return st.tls_volume_type, "tls_volume_type=%s was requested" % st.tls_volume_type
+    allows = scc_allows_secret(facts.scc)
+    if allows is False:
+        return "projected", "SecurityContextConstraints %s allows no secret volumes (only %s)" % (
+            st.scc_name, ", ".join((facts.scc or {}).get("volumes") or []) or "none")
+    if allows is None and facts.openshift:
+        why = "reading it was denied" if any(f.startswith("SecurityContextConstraints") for f in facts.forbidden) \
+            else "not found"
+        # ceph-csi-op-scc of ODF 4.20 and 4.21 lists no secret volume type; a projected volume with a
+        # secret source is admitted by it and by the later ones that allow secret volumes too
+        return "projected", ("SecurityContextConstraints %s is unknown (%s), and the ceph-csi-op-scc of "
+                             "ODF 4.20 and 4.21 admits no secret volumes: a projected volume is admitted either way; "
+                             "set tls_volume_type to choose" % (st.scc_name, why))
+    if allows:
+        return "secret", "SecurityContextConstraints %s allows secret volumes" % st.scc_name
+    return "secret", "not OpenShift: no SecurityContextConstraints restrict volume types"
+
+
+def resolve_volume_type(st, facts):
+    return volume_type_choice(st, facts)[0]
 
 
 def operator_profile(st, facts):
@@ -668,6 +687,7 @@ def diagnose(st, facts):
     tls_entry = tls_volume_of(facts.driver)
     vol_type, vol_secret = volume_secret(tls_entry)
     allows_secret = scc_allows_secret(facts.scc)
+    vol_choice = volume_type_choice(st, facts)
     provider = resolve_tls_provider(st, facts)
 
     # -- the gates, most fundamental first
@@ -809,7 +829,8 @@ def diagnose(st, facts):
                     "delta_base_field": delta_base_field(sidecar_version),
                     "reads_sms_version": sidecar_sms_version(sidecar_version, prof.get("passes_audience"))},
         "scc": {"name": st.scc_name, "found": facts.scc is not None,
-                "volumes": (facts.scc or {}).get("volumes"), "allows_secret_volumes": allows_secret},
+                "volumes": (facts.scc or {}).get("volumes"), "allows_secret_volumes": allows_secret,
+                "tls_volume_type": vol_choice[0], "tls_volume_type_reason": vol_choice[1]},
         "sms": {"name": st.driver, "present": facts.sms is not None, "api_version": facts.sms_version,
                 "address": sms_spec.get("address"), "audience": sms_spec.get("audience"),
                 "ca_cert_present": bool(sms_spec.get("caCert")), "managed_by_us": is_ours(facts.sms)},

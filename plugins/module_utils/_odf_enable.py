@@ -353,14 +353,41 @@ class Engine(object):
         }
         return ca_crt
 
-    def check_self_managed_secrets(self, facts):
-        """Secrets in the way that this module must not overwrite."""
+    def check_self_managed_secrets(self, facts, provider="self_managed"):
+        """Secrets in the way that this module must not overwrite (self_managed) or mount without knowing
+        where they come from (service_ca: only the TLS Secret, which the service CA must issue)."""
         st = self.st
-        for secret, opt in ((facts.ca_secret, "ca_secret_name"), (facts.tls_secret, "tls_secret_name")):
+        pairs = ((facts.ca_secret, "ca_secret_name"), (facts.tls_secret, "tls_secret_name"))
+        if provider == "service_ca":
+            pairs = pairs[1:]
+        for secret, opt in pairs:
             origin = (_meta(secret).get("annotations") or {}).get(dg.SERVICE_CA_ORIGIN_ANNOTATION)
             if secret is not None and not is_ours(secret) and origin != st.service_name:
+                if provider == "service_ca":
+                    raise EnableError(
+                        "Secret %s/%s exists and was created neither by cbt.toolkit nor by the OpenShift service "
+                        "CA for Service %s (annotation %s is %s): the service CA does not overwrite it, so the "
+                        "sidecar would serve a certificate of unknown origin; choose another tls_secret_name or "
+                        "delete it" % (st.namespace, _meta(secret).get("name"), st.service_name,
+                                       dg.SERVICE_CA_ORIGIN_ANNOTATION, repr(origin) if origin else "absent"))
                 raise EnableError("Secret %s/%s exists and was not created by cbt.toolkit: choose another %s "
                                   "or delete it" % (st.namespace, _meta(secret).get("name"), opt))
+
+    def service_ca_cert_info(self, facts):
+        """Summary of the service CA's certificate in the TLS Secret, or ``None`` when none was issued yet;
+        a certificate that does not parse fails with the Secret and what to do."""
+        st = self.st
+        if facts.tls_secret is None or is_ours(facts.tls_secret):
+            return None  # none yet, or ours from self_managed, which is dropped for the service CA's
+        crt = dg.secret_text(facts.tls_secret, "tls.crt")
+        if not crt:
+            return None
+        try:
+            return tls.cert_info(crt)
+        except tls.TlsError as exc:
+            raise EnableError("Secret %s/%s (tls_provider=service_ca) has a tls.crt that is not a readable PEM "
+                              "certificate: %s; delete the Secret so that the OpenShift service CA issues it again "
+                              "for Service %s" % (st.namespace, st.tls_secret_name, exc, st.service_name))
 
     def drop_self_managed_tls(self, facts):
         """Switching to the OpenShift service CA: our generated Secrets would block it."""
@@ -631,6 +658,7 @@ class Engine(object):
         tls_entry = dg.tls_volume_of(facts.driver)
         cur_secret = dg.volume_secret(tls_entry)[1]
         ca_pem = None
+        service_ca_cert = None
         if provider == "odf":
             values = dg.odf_configmap_values(facts.odf_configmap)
             if not values:
@@ -660,8 +688,10 @@ class Engine(object):
             if facts.service is not None and not is_ours(facts.service):
                 raise EnableError("Service %s/%s exists and was not created by cbt.toolkit: choose another "
                                   "service_name or delete it" % (st.namespace, st.service_name))
-            if provider == "self_managed":
-                self.check_self_managed_secrets(facts)
+            if provider in ("self_managed", "service_ca"):
+                self.check_self_managed_secrets(facts, provider)
+            if provider == "service_ca":
+                service_ca_cert = self.service_ca_cert_info(facts)
 
         # 1. CRD
         self.ensure_crd(facts, required)
@@ -680,10 +710,8 @@ class Engine(object):
             self.ensure_service(facts, provider)
             self.tls_result = {"provider": "service_ca", "secret_name": st.tls_secret_name,
                                "ca_configmap": dg.OPENSHIFT_CA_CONFIGMAP}
-            crt = dg.secret_text(facts.tls_secret, "tls.crt")
-            if crt:
-                info = tls.cert_info(crt)
-                self.tls_result.update(not_after=info["not_after"], dns_names=info["dns_names"])
+            if service_ca_cert is not None and facts.tls_secret is not None:
+                self.tls_result.update(not_after=service_ca_cert["not_after"], dns_names=service_ca_cert["dns_names"])
         else:
             self.ensure_service(facts, provider)      # first: drops a service CA annotation of ours
             ca_pem = self.ensure_self_managed_tls(facts)

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - Python 2 is not supported by this coll
     from urllib import quote, urlencode  # type: ignore
 
 from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import HAS_KUBERNETES, ApiException, api_error_message
+from ansible_collections.cbt.toolkit.plugins.module_utils._csi_k8s import ApiTransportError, api_unreachable_message
 
 FIELD_MANAGER = "cbt.toolkit"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
@@ -35,9 +36,10 @@ JSON_PATCH = "application/json-patch+json"
 
 
 class KubeError(Exception):
-    """An API call failed. ``status`` is the HTTP status (0 when the server was not reached)."""
+    """An API call failed. ``status`` is the HTTP status (0 when the server was not reached; ``cause``
+    is then the exception, explained with the API server of ``api_client``)."""
 
-    def __init__(self, status, reason, body, what, method=None, path=None):
+    def __init__(self, status, reason, body, what, method=None, path=None, cause=None, api_client=None):
         self.status = status
         self.reason = reason
         self.body = body
@@ -53,7 +55,14 @@ class KubeError(Exception):
                 self.details = doc.get("details") or {}
             except (ValueError, AttributeError, TypeError):
                 self.api_message = str(body)[:300]
-        super(KubeError, self).__init__(api_error_message(self, what))
+        if not status and cause is not None and isinstance(cause, (ApiTransportError, OSError)):
+            # urllib3 / socket / TLS errors: name the server, the cause and what to check
+            message = "%s failed: %s" % (what, api_unreachable_message(cause, api_client))
+        elif not status and reason:
+            message = "%s failed: %s" % (what, reason)
+        else:
+            message = api_error_message(self, what)
+        super(KubeError, self).__init__(message)
 
     @property
     def not_found(self):
@@ -137,7 +146,8 @@ class KubeApi(object):
                 raise KubeError(getattr(exc, "status", 0) or 0, getattr(exc, "reason", ""),
                                 getattr(exc, "body", None), what, method, path)
             # urllib3 / socket / TLS errors: the server was not reached
-            raise KubeError(0, "%s: %s" % (type(exc).__name__, exc), None, what, method, path)
+            raise KubeError(0, "%s: %s" % (type(exc).__name__, exc), None, what, method, path, cause=exc,
+                            api_client=self.api_client)
         text = data.decode("utf-8") if isinstance(data, bytes) else (data or "")
         if not 200 <= int(status) <= 299:
             raise KubeError(int(status), reason, text, what, method, path)

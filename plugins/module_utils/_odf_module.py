@@ -8,24 +8,26 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import (
-    K8sConnectionError, get_api_client, k8s_auth_argument_spec, require_kubernetes)
+    K8sConnectionError, K8sModule, get_api_client, hide_kubeconfig_secrets, k8s_auth_argument_spec, require_kubernetes)
 from ansible_collections.cbt.toolkit.plugins.module_utils._odf_kube import KubeApi
 from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_diagnosis as dg
 from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_tls
 
 
 def odf_module(options, cryptography_required):
-    """An ``AnsibleModule`` (check mode supported) with the Kubernetes connection options and ``options``.
+    """An ``AnsibleModule`` (check mode supported) with the Kubernetes connection options and ``options``;
+    the secrets of an inline ``kubeconfig`` are never logged or returned.
 
     It fails without the kubernetes library. Without cryptography it fails when
     ``cryptography_required``, else it warns that the diagnosis leaves out the certificate summary.
     """
     spec = k8s_auth_argument_spec()
     spec.update(options)
-    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
+    module = K8sModule(argument_spec=spec, supports_check_mode=True)
+    hide_kubeconfig_secrets(module)
     require_kubernetes(module)
     if not _odf_tls.HAS_CRYPTOGRAPHY:
         if cryptography_required:

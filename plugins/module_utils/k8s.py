@@ -17,7 +17,8 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 # re-exported: the modules take the connection options from here
-from ansible_collections.cbt.toolkit.plugins.module_utils._k8s_args import k8s_auth_argument_spec  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.cbt.toolkit.plugins.module_utils._k8s_args import (  # noqa: F401 pylint: disable=unused-import
+    K8sModule, hide_kubeconfig_secrets, k8s_auth_argument_spec, kubeconfig_secrets)
 
 try:
     import kubernetes  # noqa: F401 pylint: disable=unused-import
@@ -181,6 +182,8 @@ def api_error_message(exc, what):
     parts = ["%s failed" % what]
     if status:
         parts.append("HTTP %s %s" % (status, reason))
+    elif reason:
+        parts.append(str(reason))  # no HTTP status: the reason is all there is (e.g. a refused websocket)
     if detail:
         parts.append(detail)
     if hint:

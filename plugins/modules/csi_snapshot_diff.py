@@ -146,7 +146,13 @@ options:
     type: str
   starting_offset:
     description:
-      - Byte offset to start the listing from (V(0) for the whole volume).
+      - Byte offset to start the listing from (V(0) for the whole volume). Above V(0) the extent file records
+        C(starting_offset=N) - it covers only the blocks from that offset on.
+      - When a stream that starts above offset 0 (this option, or a stream resumed after a cut) ends without a single
+        block although the volume goes on, the listing is read again from offset 0 and the blocks before the offset
+        are dropped, once per offset. ceph-csi builds without its fix of March 2026 return no blocks at all from a
+        non-zero offset, and that would look like the end of the list. The task fails when even the listing from
+        offset 0 returns no blocks. RV(stream.rereads_from_zero) counts these reads.
     type: int
     default: 0
   max_results:
@@ -173,8 +179,14 @@ options:
     default: 1.0
   output_file:
     description:
-      - File on the controller to write all extents to, in the collection's extent format (see
-        M(cbt.toolkit.block_sync)). Written atomically; never left half-written.
+      - File on the managed host (the host the task runs on, not necessarily the controller) to write all extents
+        to, in the collection's extent format (see M(cbt.toolkit.block_sync)). Written atomically; never left
+        half-written.
+      - Its metadata says what the list covers - C(coverage=changed) for a delta (C(GetMetadataDelta)),
+        C(coverage=allocated) for the allocated blocks of a snapshot (C(GetMetadataAllocated), also when
+        O(on_base_unusable=allocated) replaced a delta), and C(starting_offset=N) when the listing started at a
+        non-zero O(starting_offset). An C(allocated) list is a full-copy list - M(cbt.toolkit.block_sync) makes
+        everything it does not list zero on the target.
       - Not written in check mode.
     type: path
   coalesce:
@@ -192,7 +204,9 @@ options:
       - What to do when the base snapshot cannot serve a delta (missing, not ready, no handle, or the driver answers
         C(NOT_FOUND) or C(FAILED_PRECONDITION) for it).
       - V(report) returns RV(full_sync_required=true) with RV(full_sync_reason) and no extents.
-      - V(allocated) also lists the allocated blocks of O(snapshot), which a full copy needs.
+      - V(allocated) lists the allocated blocks of O(snapshot) instead, with RV(full_sync_required=true). The
+        O(output_file) is then a full-copy list (C(coverage=allocated)), not a delta - applied with
+        M(cbt.toolkit.block_sync), the blocks it does not list are made zero on the target.
       - V(fail) fails the task.
     type: str
     choices: [report, allocated, fail]
@@ -250,7 +264,7 @@ EXAMPLES = r"""
     coalesce: true
     output_file: /var/lib/backup/db-data-monday.extents
 
-- name: Delta against ODF 4.20 (sidecar v0.1.0 takes the base snapshot name)
+- name: Delta against ODF 4.20 (sidecar v0.1.0 takes the base snapshot name), allocated blocks if the base is gone
   cbt.toolkit.csi_snapshot_diff:
     namespace: apps
     base_snapshot: db-data-monday
@@ -259,6 +273,15 @@ EXAMPLES = r"""
     sidecar_version: v0.1.0
     on_base_unusable: allocated
     output_file: /var/lib/backup/db-data-tuesday.extents
+  register: diff
+
+# With full_sync_required the file is a full-copy list (coverage=allocated): block_sync copies the listed
+# blocks and makes the rest of the target zero, so no data of the old base stays behind.
+- name: Apply the delta, or the full copy
+  cbt.toolkit.block_sync:
+    src: /dev/rbd/replicapool/db-data-tuesday
+    dest: /var/lib/backup/db-data.img
+    extent_file: "{{ diff.output_file }}"
 
 - name: Inside the cluster, with the address, CA and audience given explicitly
   cbt.toolkit.csi_snapshot_diff:
@@ -355,7 +378,10 @@ service:
       description: The C(host:port) the gRPC channel connected to.
       type: str
     port_forward:
-      description: C(namespace), C(pod), C(port) and C(local_address) of the port-forward.
+      description:
+        - C(namespace), C(pod), C(port) and C(local_address) of the port-forward.
+        - When the pod was gone (HTTP 404) during the listing and another pod behind the Service was picked,
+          C(pod) and C(port) are the last ones used and C(pods_repicked) lists the pods picked, in order.
       type: dict
       returned: when RV(service.transport=port_forward)
 block_metadata_type:
@@ -418,6 +444,11 @@ stream:
     resumes:
       description: Streams resumed after an error.
       type: int
+    rereads_from_zero:
+      description:
+        - Times the listing was read again from offset 0 because a stream from a non-zero offset ended without any
+          block (see O(starting_offset)).
+      type: int
     stream_errors:
       description: The last errors that caused a resume (C(code), C(message), C(starting_offset)).
       type: list
@@ -433,13 +464,15 @@ duration_seconds:
 
 import traceback
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import (
     ApiException,
     K8sConnectionError,
+    K8sModule,
     api_error_message,
     get_api_client,
+    hide_kubeconfig_secrets,
     k8s_auth_argument_spec,
     require_kubernetes,
 )
@@ -456,11 +489,12 @@ from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentE
 def main():
     spec = k8s_auth_argument_spec()
     spec.update(_csi_diff.argument_spec())
-    module = AnsibleModule(
+    module = K8sModule(
         argument_spec=spec,
         mutually_exclusive=[["base_snapshot", "base_snapshot_handle"]],
         supports_check_mode=True,
     )
+    hide_kubeconfig_secrets(module)
     require_kubernetes(module)
     if not HAS_GRPC:
         module.fail_json(msg=missing_required_lib("grpcio"), exception=GRPC_IMP_ERR)

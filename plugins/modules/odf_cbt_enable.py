@@ -132,7 +132,9 @@ options:
   tls_volume_type:
     description:
       - Form of the Driver's C(tls-key) volume. V(auto) uses V(projected) when the SCC O(scc_name) does not allow
-        C(secret) volumes (ODF 4.20 and 4.21), else V(secret).
+        C(secret) volumes (ODF 4.20 and 4.21), and on OpenShift also when that SCC cannot be read or does not exist
+        (a projected volume is admitted either way); else V(secret). The choice and its reason are in
+        RV(diagnosis.scc).
     type: str
     choices: [auto, secret, projected]
     default: auto
@@ -365,7 +367,9 @@ diagnosis:
           later; what M(cbt.toolkit.csi_snapshot_diff) must send as the base snapshot), C(reads_sms_version).
       type: dict
     scc:
-      description: SCC C(found), its C(volumes) and C(allows_secret_volumes).
+      description:
+        - SCC C(found), its C(volumes) and C(allows_secret_volumes), and the C(tls_volume_type) this module uses for
+          the Driver's C(tls-key) volume with C(tls_volume_type_reason).
       type: dict
     sms:
       description: SnapshotMetadataService C(present), C(api_version), C(address), C(audience), C(managed_by_us).

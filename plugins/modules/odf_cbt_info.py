@@ -163,7 +163,9 @@ diagnosis:
       description: Effective sidecar C(image), C(version), C(delta_base_field), C(reads_sms_version).
       type: dict
     scc:
-      description: SCC C(found), C(volumes), C(allows_secret_volumes).
+      description:
+        - SCC C(found), C(volumes), C(allows_secret_volumes), and the C(tls_volume_type) that M(cbt.toolkit.odf_cbt_enable)
+          would use for the Driver's C(tls-key) volume with C(tls_volume_type_reason).
       type: dict
     sms:
       description: SnapshotMetadataService C(present), C(api_version), C(address), C(audience).

@@ -213,7 +213,46 @@ def test_choose_transport(monkeypatch):
     kind, reason = _csi_diff.choose_transport({"transport": "auto"}, "svc.ns.svc")
     assert kind == "port_forward" and "does not resolve" in reason
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    assert _csi_diff.choose_transport({"transport": "auto"}, "svc.ns.svc")[0] == "direct"
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    kind, reason = _csi_diff.choose_transport({"transport": "auto"}, "svc.ns.svc", "https://10.0.0.1:443")
+    assert kind == "direct" and "https://10.0.0.1:443" in reason
+
+
+@pytest.mark.parametrize("env_host, env_port, api_host, direct", [
+    ("10.0.0.1", "443", "https://10.0.0.1:443", True),
+    ("10.0.0.1", "443", "https://10.0.0.1", True),
+    ("10.0.0.1", None, "https://10.0.0.1:443", True),
+    ("10.0.0.1", "6443", "https://10.0.0.1:6443", True),
+    ("fd00:10:96::1", "443", "https://[fd00:10:96::1]:443", True),
+    ("FD00:10:96::1", "443", "https://[fd00:10:96::1]:443", True),
+    # an AWX / AAP job pod that manages another cluster through a kubeconfig
+    ("10.0.0.1", "443", "https://api.other.example.com:6443", False),
+    ("10.0.0.1", "443", "https://10.0.0.1:6443", False),
+    ("10.0.0.1", "443", None, False),
+    ("fd00:10:96::1", "443", "https://[fd00:10:96::2]:443", False),
+])
+def test_running_in_a_pod_means_direct_only_for_its_own_api_server(monkeypatch, env_host, env_port, api_host, direct):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", env_host)
+    if env_port is None:
+        monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
+    else:
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", env_port)
+
+    def no_dns(host, port):
+        raise socket.gaierror("no")
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    kind, reason = _csi_diff.choose_transport({"transport": "auto"}, "sms.csi-driver.svc", api_host)
+    assert kind == ("direct" if direct else "port_forward"), reason
+    if not direct:
+        assert "does not resolve" in reason
+
+
+def test_in_pod_managing_another_cluster_resolves_the_service_itself(monkeypatch):
+    """Outside the managed cluster's network the DNS check still decides, not KUBERNETES_SERVICE_HOST."""
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: [("ok",)])
+    kind, reason = _csi_diff.choose_transport({"transport": "auto"}, "sms.csi-driver.svc", "https://api.other:6443")
+    assert kind == "direct" and "resolves from here" in reason
 
 
 @pytest.mark.parametrize("change, text", [
