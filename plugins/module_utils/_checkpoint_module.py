@@ -10,7 +10,7 @@ __metaclass__ = type
 
 import contextlib
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
     CheckpointError,
@@ -18,7 +18,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
     MissingLibrary,
     open_store,
 )
-from ansible_collections.cbt.toolkit.plugins.module_utils._k8s_args import k8s_auth_argument_spec
+from ansible_collections.cbt.toolkit.plugins.module_utils._k8s_args import K8sModule, k8s_auth_argument_spec
 
 BACKEND_REQUIRED_IF = [
     ("backend", "postgresql", ("postgresql_dsn",)),
@@ -44,11 +44,12 @@ def backend_argument_spec():
 
 
 def checkpoint_module(options, required_if=(), **kwargs):
-    """An ``AnsibleModule`` (check mode supported) with the backend options and ``options``."""
+    """An ``AnsibleModule`` (check mode supported) with the backend options and ``options``; the secrets
+    of an inline ``kubeconfig`` (ConfigMap backend) are hidden like ``no_log`` options."""
     spec = backend_argument_spec()
     spec.update(options)
-    return AnsibleModule(argument_spec=spec, supports_check_mode=True,
-                         required_if=BACKEND_REQUIRED_IF + list(required_if), **kwargs)
+    return K8sModule(argument_spec=spec, supports_check_mode=True,
+                     required_if=BACKEND_REQUIRED_IF + list(required_if), **kwargs)
 
 
 @contextlib.contextmanager

@@ -38,6 +38,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import (
     parse_change_id,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_inventory import (
+    connection_problem,
     hw_version_number,
     read_vm,
     vm_facts,
@@ -58,7 +59,7 @@ FULL_SYNC_FAULTS = ("FileFault", "NotFound", "InvalidArgument", "MethodNotFound"
 
 class CbtError(VmwareError):
     """A CBT operation failed. ``kind``: unsupported, reconfigure_failed, init_snapshot_failed,
-    no_change_id, snapshot_remove_failed, snapshot_failed, query_failed, extent_file_failed."""
+    no_change_id, snapshot_remove_failed, snapshot_failed, query_failed, extent_file_failed, inaccessible."""
 
     def __init__(self, msg, kind="cbt_failed", fault=None, **details):
         super(CbtError, self).__init__(msg, fault=fault, **details)
@@ -295,6 +296,10 @@ class CbtManager(object):
 
     def check_supported(self):
         props = self.record["props"]
+        problem = connection_problem(props)
+        if problem is not None:
+            raise CbtError("VM %s cannot be reached by vCenter (runtime.connectionState is %s), so its CBT cannot be "
+                           "changed or initialised: %s, then run again" % ((self.label,) + problem), kind="inaccessible")
         if props.get("config.template"):
             raise CbtError("VM %s is a template; templates cannot be snapshotted, so CBT cannot be initialised. "
                            "Convert it to a virtual machine first" % self.label, kind="unsupported")
@@ -351,8 +356,15 @@ class CbtManager(object):
         except VmwarePermissionDenied:
             raise
         except VmwareError as exc:
-            raise CbtError("Could not %s CBT on VM %s: reconfigure failed: %s"
-                           % (verb, self.label, fault_text(exc.fault) if exc.fault is not None else exc.msg),
+            task = unfinished_task(exc)
+            later = ""
+            if task is not None:
+                # vCenter may still apply it: the task reports the change as possible, never as none
+                self.changed = True
+                later = ("; its task %s had not finished when this run stopped waiting for it, so vCenter may still "
+                         "apply the change: run again to see where the VM stands" % getattr(task, "_moId", "?"))
+            raise CbtError("Could not %s CBT on VM %s: reconfigure failed: %s%s"
+                           % (verb, self.label, fault_text(exc.fault) if exc.fault is not None else exc.msg, later),
                            kind="reconfigure_failed", fault=exc.fault)
         self.changed = True
         self.refresh()

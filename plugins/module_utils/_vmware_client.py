@@ -422,6 +422,27 @@ class VmwareClient(object):
         return self.invoke("creating a container view",
                            self.content.viewManager.CreateContainerView, container, types, recursive)
 
+    def with_views(self, containers, body):
+        """``body(views)`` over container views of ``containers`` (``(container, [types])`` pairs),
+        destroyed again afterwards. Views belong to the session: when it expired and was renewed in
+        the meantime (the views are gone with it), the views are created again and ``body`` runs once
+        more."""
+        for attempt in range(2):
+            logins = self.relogins
+            views = []
+            try:
+                for container, types in containers:
+                    views.append(self.container_view(container, types, True))
+                return body(views)
+            except VmwareApiError as exc:
+                if attempt == 0 and self.relogins != logins and is_fault(exc.fault, "ManagedObjectNotFound"):
+                    continue
+                raise
+            finally:
+                for view in views:
+                    self.destroy_view(view)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def destroy_view(self, view):
         try:
             view.DestroyView()

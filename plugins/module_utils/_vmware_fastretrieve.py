@@ -20,7 +20,8 @@ on a real vCenter, the network) overlap instead of taking turns.
 
 Anything unexpected (a fault, an HTTP error, a value type it does not know) raises
 ``FastPathUnavailable`` and the caller uses the ordinary pyVmomi call, which then reports the
-fault properly (and logs in again after ``NotAuthenticated``).
+fault properly. An expired session raises ``SessionExpired`` (a ``FastPathUnavailable``): the
+caller logs in again first.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -49,6 +50,14 @@ _TOKEN_RE = re.compile(br"<returnval>\s*<token>([^<]{1,200})</token>")
 
 class FastPathUnavailable(Exception):
     """Use the ordinary pyVmomi call instead."""
+
+
+class SessionExpired(FastPathUnavailable):
+    """vCenter answered NotAuthenticated: log in again (session-scoped objects such as container
+    views went with the old session)."""
+
+
+_NOT_AUTHENTICATED_RE = re.compile(br"<detail>\s*<NotAuthenticatedFault[\s>]")
 
 
 def _local(tag):
@@ -111,6 +120,8 @@ def _post(stub, body):
         raise FastPathUnavailable("transport: %s" % exc)
     stub.ReturnConnection(conn)
     if resp.status != 200:
+        if _NOT_AUTHENTICATED_RE.search(data, 0, 8192):
+            raise SessionExpired("NotAuthenticated")
         raise FastPathUnavailable("HTTP %s" % resp.status)
     encoding = (resp.getheader("Content-Encoding") or "identity").lower()
     if encoding != "identity":

@@ -24,6 +24,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_client import 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import describe_disks
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_fastretrieve import (
     FastPathUnavailable,
+    SessionExpired,
     retrieve_views,
 )
 
@@ -40,6 +41,7 @@ VM_PROPERTIES = [
     "config.hardware.device",
     "capability.changeTrackingSupported",
     "runtime.powerState",
+    "runtime.connectionState",
     "runtime.consolidationNeeded",
     "rootSnapshot",
 ]
@@ -86,12 +88,8 @@ class EntityTree(object):
 def entity_tree(client):
     """One retrieval of all folder/datacenter/vApp names and parents."""
     root = client.content.rootFolder
-    view = client.container_view(root, [vim.Folder, vim.Datacenter, vim.VirtualApp], True)
-    try:
-        rows = client.retrieve([object_spec(view, skip=True, select_set=[view_traversal()])], _entity_specs(),
-                               what="reading the inventory tree")
-    finally:
-        client.destroy_view(view)
+    rows = client.with_views([(root, [vim.Folder, vim.Datacenter, vim.VirtualApp])], lambda views: client.retrieve(
+        [_view_spec(views[0])], _entity_specs(), what="reading the inventory tree"))
     tree = EntityTree(_moid(root))
     for obj, props, _missing in rows:
         tree.add(obj, props)
@@ -102,15 +100,15 @@ def vm_parent_moid(props):
     return _moid(props.get("parent")) or _moid(props.get("parentVApp"))
 
 
+def _view_spec(view):
+    """Everything a container view holds, the view itself skipped."""
+    return object_spec(view, skip=True, select_set=[view_traversal()])
+
+
 def _find_by_name(client, vim_type, name, container=None, kind="object"):
     container = container or client.content.rootFolder
-    view = client.container_view(container, [vim_type], True)
-    try:
-        rows = client.retrieve([object_spec(view, skip=True, select_set=[view_traversal()])],
-                               [property_spec(vim_type, ["name"])], what="looking up %s '%s'" % (kind, name))
-    finally:
-        client.destroy_view(view)
-    return rows
+    return client.with_views([(container, [vim_type])], lambda views: client.retrieve(
+        [_view_spec(views[0])], [property_spec(vim_type, ["name"])], what="looking up %s '%s'" % (kind, name)))
 
 
 def find_datacenter(client, name):
@@ -244,14 +242,9 @@ def find_vm(client, name=None, uuid=None, use_instance_uuid=False, moid=None, da
     if not name:
         raise VmwareNotFound("no VM given: set one of name, uuid or moid")
     container, scope = scope_container(client, datacenter=datacenter, folder=folder, cluster=cluster)
-    view = client.container_view(container, [vim.VirtualMachine], True)
-    try:
-        rows = client.retrieve([object_spec(view, skip=True, select_set=[view_traversal()])],
-                               [property_spec(vim.VirtualMachine,
-                                              ["name", "parent", "parentVApp", "config.instanceUuid"])],
-                               what="looking up VM '%s'" % name)
-    finally:
-        client.destroy_view(view)
+    rows = client.with_views([(container, [vim.VirtualMachine])], lambda views: client.retrieve(
+        [_view_spec(views[0])], [property_spec(vim.VirtualMachine, ["name", "parent", "parentVApp", "config.instanceUuid"])],
+        what="looking up VM '%s'" % name))
     matches = [r for r in rows if r[1].get("name") == name]
     if len(matches) > 1 and folder:
         # the folder names the VM directly in it; VMs of the same name in its subfolders do not compete
@@ -288,31 +281,24 @@ def collect_vms(client, container=None, refs=None, include_disks=True, page_size
     ``{"ref", "moid", "props", "missing", "path"}``."""
     paths = VM_PROPERTIES if include_disks else VM_PROPERTIES_NO_DISKS
     fast = FAST_RETRIEVE if fast is None else fast
-    views = []
-    try:
-        if refs is not None:
-            vm_specs = [object_spec(r) for r in refs]
-        else:
-            vm_view = client.container_view(container or client.content.rootFolder, [vim.VirtualMachine], True)
-            views.append(vm_view)
-            vm_specs = [object_spec(vm_view, skip=True, select_set=[view_traversal()])]
-        ent_view = client.container_view(client.content.rootFolder,
-                                         [vim.Folder, vim.Datacenter, vim.VirtualApp], True)
-        views.append(ent_view)
-        rows = None
+    containers = [] if refs is not None else [(container or client.content.rootFolder, [vim.VirtualMachine])]
+    containers.append((client.content.rootFolder, [vim.Folder, vim.Datacenter, vim.VirtualApp]))
+
+    def read(views):
         if fast and refs is None:
             try:
-                rows = retrieve_views(client, views, [("VirtualMachine", paths)] + list(ENTITY_PATHS),
+                return retrieve_views(client, views, [("VirtualMachine", paths)] + list(ENTITY_PATHS),
                                       page_size=page_size)
+            except SessionExpired:
+                client.relogin()  # the views went with the session: with_views creates them again
             except FastPathUnavailable:
-                rows = None
-        if rows is None:
-            specs = vm_specs + [object_spec(ent_view, skip=True, select_set=[view_traversal()])]
-            rows = client.retrieve(specs, [property_spec(vim.VirtualMachine, paths)] + _entity_specs(),
-                                   what="reading VM properties", page_size=page_size)
-    finally:
-        for view in views:
-            client.destroy_view(view)
+                pass
+        vm_specs = [object_spec(r) for r in refs] if refs is not None else []
+        return client.retrieve(vm_specs + [_view_spec(v) for v in views],
+                               [property_spec(vim.VirtualMachine, paths)] + _entity_specs(),
+                               what="reading VM properties", page_size=page_size)
+
+    rows = client.with_views(containers, read)
     tree = EntityTree(_moid(client.content.rootFolder))
     vms = []
     for obj, props, missing in rows:
@@ -351,6 +337,24 @@ def hw_version_number(version):
         return None
 
 
+# runtime.connectionState other than "connected": what it means and what to do. vCenter leaves the
+# VM's config unset then, so nothing about its CBT can be told.
+CONNECTION_ADVICE = {
+    "disconnected": "its host is disconnected from vCenter: reconnect the host",
+    "orphaned": "it is no longer registered on its host: remove it from the inventory and register its .vmx again",
+    "inaccessible": "its files cannot be reached (datastore unavailable or removed): bring the datastore back",
+    "invalid": "its configuration is invalid: repair the .vmx or register the VM again",
+}
+
+
+def connection_problem(props):
+    """None for a VM vCenter can reach; otherwise ``(state, advice)``."""
+    state = props.get("runtime.connectionState")
+    if state is None or str(state) == "connected":
+        return None
+    return str(state), CONNECTION_ADVICE.get(str(state), "check the VM in vCenter")
+
+
 def vm_facts(record, include_disks=True):
     """The per-VM result dict shared by vmware_cbt, vmware_cbt_info and the snapshot modules."""
     props = record["props"]
@@ -371,11 +375,20 @@ def vm_facts(record, include_disks=True):
     }
     if record.get("missing"):
         facts["unreadable_properties"] = sorted(record["missing"])
+    problem = connection_problem(props)
+    facts["connection_state"] = str(props["runtime.connectionState"]) if props.get("runtime.connectionState") else None
+    facts["accessible"] = problem is None
     if include_disks:
         disks = describe_disks(props.get("config.hardware.device") or [])
         facts["disks"] = disks
         eligible = [d for d in disks if d["eligible"]]
         facts["cbt_initialized"] = bool(cbt and eligible and all(d["change_id"] for d in eligible))
+    if problem is not None:
+        # unknown, not false: vCenter cannot read the VM's configuration
+        facts.update(cbt_enabled=None, change_tracking_supported=None,
+                     inaccessible_reason="connectionState is %s: %s" % problem)
+        if include_disks:
+            facts["cbt_initialized"] = None
     return facts
 
 

@@ -196,7 +196,8 @@ temporary_snapshots:
 error_kind:
   description:
     - On failure, the cause. One of V(unreachable), V(tls_verification_failed), V(login_failed),
-      V(permission_denied), V(not_found), V(ambiguous), V(unsupported), V(reconfigure_failed),
+      V(permission_denied), V(not_found), V(ambiguous), V(unsupported), V(inaccessible) (vCenter cannot reach
+      the VM, which is orphaned, inaccessible, invalid or on a disconnected host), V(reconfigure_failed),
       V(init_snapshot_failed), V(no_change_id), V(snapshot_remove_failed), V(task_timeout) or V(api_error).
   returned: failed
   type: str

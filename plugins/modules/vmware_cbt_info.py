@@ -123,13 +123,35 @@ vms:
     path: {description: Inventory path., type: str, returned: always, sample: /DatabanxDC/vm/MyVM}
     vm_path: {description: Same as C(path) (appliance field)., type: str, returned: always}
     template: {description: Whether the VM is a template., type: bool, returned: always}
-    cbt_enabled: {description: C(config.changeTrackingEnabled)., type: bool, returned: always}
+    cbt_enabled:
+      description: C(config.changeTrackingEnabled); V(null) when vCenter cannot reach the VM (see RV(vms[].accessible)).
+      type: bool
+      returned: always
     enabled: {description: Same as C(cbt_enabled) (appliance field)., type: bool, returned: always}
     cbt_initialized:
-      description: CBT is on and every eligible disk has a C(changeId).
+      description: CBT is on and every eligible disk has a C(changeId); V(null) when the VM is not accessible.
       type: bool
       returned: when O(include_disks=true)
-    change_tracking_supported: {description: C(capability.changeTrackingSupported)., type: bool, returned: always}
+    change_tracking_supported:
+      description: C(capability.changeTrackingSupported); V(null) when the VM is not accessible.
+      type: bool
+      returned: always
+    connection_state:
+      description: C(runtime.connectionState).
+      type: str
+      returned: always
+      sample: connected
+    accessible:
+      description:
+        - Whether vCenter can reach the VM (C(runtime.connectionState) is V(connected)).
+        - An orphaned, inaccessible, invalid or disconnected VM has no readable configuration, so its CBT
+          fields are V(null) and RV(vms[].inaccessible_reason) says what to do.
+      type: bool
+      returned: always
+    inaccessible_reason:
+      description: Why the VM cannot be reached and what to do.
+      type: str
+      returned: when RV(vms[].accessible) is false
     consolidation_needed: {description: C(runtime.consolidationNeeded)., type: bool, returned: always}
     has_snapshots: {description: Whether the VM has snapshots., type: bool, returned: always}
     disks:
@@ -153,6 +175,10 @@ summary:
     cbt_enabled: {description: VMs with CBT on., type: int, returned: always}
     cbt_initialized: {description: VMs with CBT on and a changeId on every eligible disk., type: int, returned: when O(include_disks=true)}
     not_supported: {description: VMs whose capability.changeTrackingSupported is false., type: int, returned: always}
+    inaccessible:
+      description: VMs vCenter cannot reach (see RV(vms[].accessible)).
+      type: int
+      returned: always
 """
 
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_module import VmwareModule
@@ -198,7 +224,8 @@ def run(m):
     vms = [report(r, include_disks) for r in records]
     summary = {
         "cbt_enabled": sum(1 for v in vms if v["cbt_enabled"]),
-        "not_supported": sum(1 for v in vms if not v["change_tracking_supported"]),
+        "not_supported": sum(1 for v in vms if v["change_tracking_supported"] is False),
+        "inaccessible": sum(1 for v in vms if not v["accessible"]),
     }
     if include_disks:
         summary["cbt_initialized"] = sum(1 for v in vms if v.get("cbt_initialized"))

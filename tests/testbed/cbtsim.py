@@ -150,6 +150,10 @@ class CbtSimControl:
                 body[key] = value
         return self._request("POST", "/faults", body)
 
+    def set_connection_state(self, moid: str, state: str) -> dict:
+        """runtime.connectionState of a VM: connected, disconnected, orphaned, inaccessible or invalid."""
+        return self._request("POST", "/vms/%s/connection-state" % moid, {"state": state})
+
     def faults(self) -> list:
         return self._request("GET", "/faults")
 

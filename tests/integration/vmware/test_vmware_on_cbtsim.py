@@ -228,6 +228,19 @@ def test_an_unfinished_snapshot_creation_is_cancelled_or_undone(run_tasks_env, s
     assert snapshots(sim, "u-cbt-gone") == [] and snapshots(sim, "u-mig-gone") == []
 
 
+def test_a_reconfiguration_outlasting_the_timeout_is_reported_as_a_possible_change(run_tasks_env, sim):
+    moid = sim.create_vm("slow-reconf", disks=[8 * MiB])["moid"]
+    sim.inject_fault("ReconfigVM_Task", "task_delay", vm=moid, delay_ms=2500, cancelable=False)
+    (res,), run = run_tasks_env([("vmware_cbt", {"name": "slow-reconf", "task_timeout": 1})])
+    assert_clean_failure(res, run, "reconfigure_failed", ["did not finish within 1 s", "vCenter may still apply"])
+    assert res["changed"] is True
+    deadline = time.monotonic() + 30
+    while not sim.vm("slow-reconf")["cbt_enabled"]:  # it does apply it
+        assert time.monotonic() < deadline, "the reconfiguration never finished"
+        time.sleep(0.2)
+    assert snapshots(sim, "slow-reconf") == []
+
+
 def test_a_slow_snapshot_removal_is_waited_for_never_started_twice(run_tasks_env, sim):
     """RemoveSnapshot_Task outlasting task_timeout (cbtsim holds it queued, not cancelable): the
     task is waited for once more; a second removal of the same snapshot is never started."""
@@ -368,6 +381,48 @@ def test_changed_areas_of_several_disks_at_the_snapshot_or_on_their_own(run_task
     ])
     assert failed.get("failed") is True and "no disk with key 2002" in failed["msg"], run
     assert "Traceback" not in failed.get("module_stderr", "") and list(bad.iterdir()) == []
+
+
+def test_a_session_expiring_while_views_are_read_is_renewed_with_new_views(run_tasks_env, sim):
+    """The session expires at the first RetrievePropertiesEx, after the ContainerView was created:
+    the view died with the session, so it is created again after the new login."""
+    sim.create_vm("sess-a", disks=[8 * MiB])
+    sim.create_vm("sess-b", disks=[8 * MiB])
+    for task in (("vmware_cbt_info", {}), ("vmware_cbt_info", {"name": "sess-b"}), ("vmware_cbt", {"name": "sess-a"})):
+        sim.inject_fault("RetrievePropertiesEx", "not_authenticated", count=1)
+        (res,), _run = run_tasks_env([task])
+        assert res.get("failed") is not True, (task, res.get("msg"))
+        assert [r["hits"] for r in sim.faults()] == [1], "the session must really have expired"
+        sim.clear_faults()
+        if task[0] == "vmware_cbt_info" and not task[1]:
+            assert {"sess-a", "sess-b"} <= set(v["name"] for v in res["vms"])
+        elif task[0] == "vmware_cbt_info":
+            assert [v["name"] for v in res["vms"]] == ["sess-b"]
+        else:
+            assert res["cbt_initialized"] is True
+
+
+def test_a_vm_vcenter_cannot_reach_is_reported_and_refused(run_tasks_env, sim):
+    ok = sim.create_vm("conn-ok", disks=[8 * MiB])["moid"]
+    lost = sim.create_vm("conn-lost", disks=[8 * MiB])["moid"]
+    sim.set_connection_state(lost, "inaccessible")
+    (info, enable, fine), run = run_tasks_env([
+        ("vmware_cbt_info", {"names": ["conn-ok", "conn-lost"]}),
+        ("vmware_cbt", {"name": "conn-lost"}),
+        ("vmware_cbt", {"name": "conn-ok"}),
+    ])
+    by_name = {v["name"]: v for v in info["vms"]}
+    assert by_name["conn-ok"]["accessible"] is True and by_name["conn-ok"]["connection_state"] == "connected"
+    lost_vm = by_name["conn-lost"]
+    assert lost_vm["accessible"] is False and lost_vm["connection_state"] == "inaccessible"
+    assert lost_vm["cbt_enabled"] is None and lost_vm["enabled"] is None and lost_vm["cbt_initialized"] is None
+    assert lost_vm["change_tracking_supported"] is None and "bring the datastore back" in lost_vm["inaccessible_reason"]
+    assert info["summary"]["inaccessible"] == 1 and info["summary"]["not_supported"] == 0, info["summary"]
+    assert_clean_failure(enable, run, "inaccessible", ["runtime.connectionState is inaccessible",
+                                                       "bring the datastore back"])
+    assert sim.vm("conn-lost")["cbt_enabled"] is False and snapshots(sim, "conn-lost") == []
+    assert fine.get("failed") is not True and fine["cbt_initialized"] is True, fine.get("msg")
+    assert ok
 
 
 def test_star_equals_the_allocated_areas(run_tasks_env, sim, tmp_path):

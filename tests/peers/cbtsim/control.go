@@ -132,6 +132,7 @@ func (s *Sim) controlMux() *http.ServeMux {
 	mux.HandleFunc("GET /vms/{moid}/disks/{key}/writes", serveJSON(s.apiWrites))
 	mux.HandleFunc("POST /vms/{moid}/ctk-invalidate", serveJSON(s.apiInvalidate))
 	mux.HandleFunc("POST /vms/{moid}/guest", serveJSON(s.apiGuest))
+	mux.HandleFunc("POST /vms/{moid}/connection-state", serveJSON(s.apiConnectionState))
 	mux.HandleFunc("GET /faults", serveJSON(s.apiListFaults))
 	mux.HandleFunc("POST /faults", serveJSON(s.apiAddFault))
 	mux.HandleFunc("DELETE /faults", serveJSON(s.apiClearFaults))
@@ -683,4 +684,37 @@ func (s *Sim) apiReset(*http.Request) (any, error) {
 	s.stopExportsWhere(func(*export) bool { return true })
 	s.cfg = s.defaultCfg
 	return map[string]any{"reset": true, "config": s.cfg}, nil
+}
+
+// ---------------------------------------------------------------------------------------
+// connection state
+
+type connectionStateReq struct {
+	State string `json:"state"`
+}
+
+var connectionStates = map[string]bool{
+	"connected": true, "disconnected": true, "orphaned": true, "inaccessible": true, "invalid": true,
+}
+
+// apiConnectionState sets runtime.connectionState of a VM: POST /vms/{moid}/connection-state
+// {"state": "inaccessible"}. The rest of the VM (config included) stays as it is.
+func (s *Sim) apiConnectionState(r *http.Request) (any, error) {
+	var req connectionStateReq
+	if err := decodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if !connectionStates[req.State] {
+		return nil, badRequest("state %q must be one of connected, disconnected, orphaned, inaccessible, invalid", req.State)
+	}
+	var out vmJSON
+	err := s.withVM(r.PathValue("moid"), func(ctx *simulator.Context, vm *simulator.VirtualMachine, st *vmState) error {
+		ctx.Update(vm, []types.PropertyChange{
+			{Name: "runtime.connectionState", Val: types.VirtualMachineConnectionState(req.State)},
+		})
+		log.Printf("vm %s: connection state %s", st.Moid, req.State)
+		out = s.describeVM(vm, st)
+		return nil
+	})
+	return out, err
 }

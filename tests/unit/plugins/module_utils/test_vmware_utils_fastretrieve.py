@@ -164,3 +164,17 @@ def test_token_is_read_before_parsing_and_only_at_the_start():
     # a <token> deep inside the objects is not a continuation token
     late = ANSWER.replace("<token>tok-1</token>", "") + " " * 5000 + "<returnval><token>x</token>"
     assert fr._peek_token(late.encode()) is None
+
+
+def test_post_tells_an_expired_session_apart_from_other_faults():
+    expired = (b'<?xml version="1.0"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/">'
+               b'<soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>The session is not '
+               b'authenticated.</faultstring><detail><NotAuthenticatedFault xmlns="urn:vim25" '
+               b'xsi:type="NotAuthenticated"></NotAuthenticatedFault></detail></soapenv:Fault></soapenv:Body>'
+               b'</soapenv:Envelope>')
+    with pytest.raises(fr.SessionExpired):
+        fr._post(PoolStub(Conn(500, expired)), "<body/>")
+    other = expired.replace(b"NotAuthenticatedFault", b"ManagedObjectNotFoundFault")
+    with pytest.raises(fr.FastPathUnavailable) as exc:
+        fr._post(PoolStub(Conn(500, other)), "<body/>")
+    assert not isinstance(exc.value, fr.SessionExpired)

@@ -17,10 +17,16 @@ import sys
 import pytest
 from ansible.module_utils import basic
 
-from ansible_collections.cbt.toolkit.plugins.module_utils import _csi_diff
+from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint_configmap, _csi_diff
 from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_module
 from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import K8sConnectionError, kubeconfig_secrets
-from ansible_collections.cbt.toolkit.plugins.modules import csi_snapshot_diff, odf_cbt_enable, odf_cbt_info
+from ansible_collections.cbt.toolkit.plugins.modules import (
+    cbt_checkpoint,
+    cbt_checkpoint_info,
+    csi_snapshot_diff,
+    odf_cbt_enable,
+    odf_cbt_info,
+)
 from ansible_collections.cbt.toolkit.tests.unit.plugins.modules.unit_helpers import FailJson, run_module
 
 SECRETS = {
@@ -88,11 +94,16 @@ def refuse_connection(params):
     (odf_cbt_info, {}),
     (odf_cbt_enable, {}),
     (csi_snapshot_diff, {"namespace": "ns", "snapshot": "s"}),
+    # the ConfigMap backend of the checkpoint store takes the same connection options
+    (cbt_checkpoint, {"backend": "configmap", "configmap_name": "cp", "configmap_namespace": "ns", "source_id": "s",
+                      "target": "t", "state": "absent"}),
+    (cbt_checkpoint_info, {"backend": "configmap", "configmap_name": "cp", "configmap_namespace": "ns"}),
 ])
 def test_modules_hide_the_secrets(monkeypatch, module, args):
     modules, logged = capture_modules(monkeypatch)
     monkeypatch.setattr(_odf_module, "get_api_client", refuse_connection)
     monkeypatch.setattr(csi_snapshot_diff, "get_api_client", refuse_connection)
+    monkeypatch.setattr(_checkpoint_configmap.k8s_utils, "get_api_client", refuse_connection)
     monkeypatch.setattr(_csi_diff, "run", lambda *a, **kw: {})
     run_module(module, dict(args, kubeconfig=inline_kubeconfig()), expect=FailJson)
     assert set(SECRETS.values()) <= modules[0].no_log_values

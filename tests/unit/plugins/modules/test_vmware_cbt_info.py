@@ -72,7 +72,7 @@ def test_all_vms_with_the_appliance_fields_and_summary(inventory):
     assert a["enabled"] is True and a["vm_name"] == "a" and a["vm_path"] == "/DC0/vm/a"
     assert a["power_state"] == "poweredOff" and a["cbt_initialized"] is True
     assert res["vms"][1]["cbt_initialized"] is False  # CBT on, no changeId
-    assert res["summary"] == {"cbt_enabled": 2, "cbt_initialized": 1, "not_supported": 1}
+    assert res["summary"] == {"cbt_enabled": 2, "cbt_initialized": 1, "not_supported": 1, "inaccessible": 0}
     assert len(inventory["collect_calls"]) == 1  # one retrieval
 
 
