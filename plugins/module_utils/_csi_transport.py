@@ -258,7 +258,7 @@ def is_not_found(exc):
     """Whether a port-forward connection failed because the pod does not exist (HTTP 404)."""
     if getattr(exc, "status", None) == 404:
         return True
-    return bool(re.search(r"\b404\b", _connector_error_text(exc).split("-+-+-")[0]))
+    return bool(re.search(r"\b404\b", _connector_error_text(exc).split("-+-+-", maxsplit=1)[0]))
 
 
 def connector_error_message(exc, namespace, pod, port, repicked=False):

@@ -21,8 +21,7 @@ class EmptyFromOffset(Server):
         if start > 0:
             yield message(self.block_type, self.capacity, [])
             return
-        for msg in Server._gen(self, start, cut):
-            yield msg
+        yield from Server._gen(self, start, cut)
 
 
 def test_resumed_stream_that_returns_nothing_is_read_again_from_zero():
@@ -71,8 +70,7 @@ def test_driver_that_returns_nothing_even_from_zero_fails_clearly():
             if len(self.requests) > 1:
                 yield message(self.block_type, self.capacity, [])
                 return
-            for msg in Server._gen(self, start, cut):
-                yield msg
+            yield from Server._gen(self, start, cut)
     server = Vanishing(tuples, cap, per=10, cuts=[(2, "UNAVAILABLE", "stream cut")])
     with pytest.raises(st.SnapshotMetadataError) as err:
         run(server)

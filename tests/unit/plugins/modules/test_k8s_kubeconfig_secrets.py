@@ -130,7 +130,8 @@ def test_invocation_of_a_real_run_shows_no_secret(tmp_path):
                                                         "_ansible_tmpdir": str(tmp_path)}}))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-m", "ansible_collections.cbt.toolkit.plugins.modules.odf_cbt_info",
-                           str(args)], env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+                           str(args)], env=env, capture_output=True, text=True, timeout=120, cwd=str(tmp_path),
+                          check=False)  # a failing module exits 1
     result = json.loads(proc.stdout)
     assert result["failed"] is True
     kubeconfig = result["invocation"]["module_args"]["kubeconfig"]
