@@ -414,15 +414,20 @@ def test_resumed_run_verifies_earlier_pieces_after_the_copy(tmp_path, images, mo
     assert sorted(reads) == [(i * MiB, MiB) for i in (0, 3, 5, 7)]
 
 
-def test_unfinished_different_plan_is_refused_unless_covered(tmp_path, images):
-    src, dst = images
-    sync(tmp_path, src, dst, mode="allocated")
+def _unfinished_other_plan(tmp_path, dst):
+    """The state of an unfinished run of another plan (0-2 MiB, the first MiB done) on this target."""
     state_path = _state_file(tmp_path)
     files = bst.StateFiles(str(tmp_path / "state"), bc._target_id(str(dst)))
     bst.write_plan(files.plan, "otherplan", [(0, 2 * MiB)], [])
     data = json.loads(open(state_path).read())
     data.update({"plan_id": "otherplan", "status": "running", "done": [[0, MiB]]})
     open(state_path, "w").write(json.dumps(data))
+
+
+def test_unfinished_different_plan_is_refused_unless_covered(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    _unfinished_other_plan(tmp_path, dst)
     with pytest.raises(bio.ValidationError) as err:
         sync(tmp_path, src, dst, extents=[[4 * MiB, 4096]])
     assert "unfinished" in str(err.value) and "offset %d" % MiB in str(err.value)
@@ -800,15 +805,6 @@ def test_already_complete_verification_finds_a_damaged_replica(tmp_path, images)
 
 
 # -- the state is decided under the lock, and check mode decides alike ---------------------------
-def _unfinished_other_plan(tmp_path, dst):
-    state_path = _state_file(tmp_path)
-    files = bst.StateFiles(str(tmp_path / "state"), bc._target_id(str(dst)))
-    bst.write_plan(files.plan, "otherplan", [(0, 2 * MiB)], [])
-    data = json.loads(open(state_path).read())
-    data.update({"plan_id": "otherplan", "status": "running", "done": [[0, MiB]]})
-    open(state_path, "w").write(json.dumps(data))
-
-
 def test_check_mode_refuses_an_uncovered_unfinished_plan_like_the_run(tmp_path, images):
     src, dst = images
     sync(tmp_path, src, dst, mode="allocated")
