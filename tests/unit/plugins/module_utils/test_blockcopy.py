@@ -787,8 +787,9 @@ def test_already_complete_runs_a_requested_verification_and_digest(tmp_path, ima
 
 def test_already_complete_verification_finds_a_damaged_replica(tmp_path, images):
     src, dst = images
-    sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", request_size=MiB)
-    with open(dst, "r+b") as f:  # not where the witness is (the last data piece)
+    # one worker: the witness is in the last data piece (7 MiB), never in the damaged one
+    sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", request_size=MiB, workers=1)
+    with open(dst, "r+b") as f:
         f.seek(3 * MiB + 100)
         f.write(b"damage")
     with pytest.raises(bc.VerificationError) as err:
