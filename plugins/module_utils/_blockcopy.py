@@ -233,7 +233,6 @@ class Engine(object):
         self._pending = 0
         # the first non-zero granule of the last data piece finished since the last commit (a witness candidate)
         self._mark = None
-        self._copied = False
         self.resumed_bytes = 0
         self.total_bytes = 0
         self.error = None
@@ -1022,7 +1021,7 @@ class Engine(object):
 
     def _status_failed(self, exc):
         """The progress file says the run failed, with the reason (whatever ended it)."""
-        done = self.total_bytes if self._copied else self.resumed_bytes + sum(s.done for s in self.stats)
+        done = self.resumed_bytes + sum(s.done for s in self.stats)  # every piece counts once: total once copied
         self.status.write("failed", done, self.total_bytes, message=str(exc) or exc.__class__.__name__, force=True)
 
     def _locked_run(self, mode, copy, zero, old, plan_id, files, target_fp, started):
@@ -1070,7 +1069,6 @@ class Engine(object):
         # (killed while verifying, a re-run copies again what the last periodic commit did not record)
         finish_now = not (req.verify or req.image_digest)
         self._commit(force=True, complete=finish_now, save=finish_now)
-        self._copied = True
         copy_seconds = time.time() - copy_started
         total = Stats()
         for s in self.stats:
@@ -1100,7 +1098,6 @@ class Engine(object):
         result["already_complete"] = True
         self.state = old
         self.resumed_bytes = self.total_bytes
-        self._copied = True
         self.status = StatusFile(files.status, {"src": req.src, "dest": req.dest, "plan_id": plan_id,
                                                 "mode": mode, "pid": os.getpid()})
         message = "already complete for sync_id %s" % req.sync_id

@@ -45,6 +45,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._csi_stream import (
     StreamRunner,
     looks_like_v010,
 )
+from ansible_collections.cbt.toolkit.plugins.module_utils.extents import COVERAGE_ALLOCATED, COVERAGE_CHANGED
 
 HANDLE_SINCE = (0, 2, 0)  # GetMetadataDeltaRequest field 3 is a CSI handle from sidecar v0.2.0 on
 
@@ -382,7 +383,7 @@ def _run(params, api_client, check_mode, on_token, transport_factory, proxy_fact
             # what a consumer may assume about the blocks that are not listed: "changed" = unchanged since
             # the base (a delta), "allocated" = unallocated (zero) in the snapshot, so a full copy of the
             # listed blocks must zero the rest of the target
-            "coverage": "changed" if call == "delta" else "allocated",
+            "coverage": COVERAGE_CHANGED if call == "delta" else COVERAGE_ALLOCATED,
             "driver": driver,
         }
         if params["starting_offset"] > 0:

@@ -70,12 +70,6 @@ def kubeconfig_secrets(kubeconfig):
     return found
 
 
-def hide_kubeconfig_secrets(module):
-    """Add the secrets of an inline ``kubeconfig`` to ``module.no_log_values``, so that they are masked
-    in the result's ``invocation``, in warnings and in failure messages."""
-    module.no_log_values.update(kubeconfig_secrets(module.params.get("kubeconfig")))
-
-
 class K8sModule(AnsibleModule):
     """An ``AnsibleModule`` that hides the secrets of an inline ``kubeconfig`` from the moment the
     parameters are read: the invocation logged to syslog or the journal, the ``invocation`` of the

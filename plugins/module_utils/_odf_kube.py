@@ -55,11 +55,9 @@ class KubeError(Exception):
                 self.details = doc.get("details") or {}
             except (ValueError, AttributeError, TypeError):
                 self.api_message = str(body)[:300]
-        if not status and cause is not None and isinstance(cause, (ApiTransportError, OSError)):
+        if not status and isinstance(cause, (ApiTransportError, OSError)):
             # urllib3 / socket / TLS errors: name the server, the cause and what to check
             message = "%s failed: %s" % (what, api_unreachable_message(cause, api_client))
-        elif not status and reason:
-            message = "%s failed: %s" % (what, reason)
         else:
             message = api_error_message(self, what)
         super(KubeError, self).__init__(message)

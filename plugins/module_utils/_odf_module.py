@@ -11,7 +11,7 @@ __metaclass__ = type
 from ansible.module_utils.basic import missing_required_lib
 
 from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import (
-    K8sConnectionError, K8sModule, get_api_client, hide_kubeconfig_secrets, k8s_auth_argument_spec, require_kubernetes)
+    K8sConnectionError, K8sModule, get_api_client, k8s_auth_argument_spec, require_kubernetes)
 from ansible_collections.cbt.toolkit.plugins.module_utils._odf_kube import KubeApi
 from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_diagnosis as dg
 from ansible_collections.cbt.toolkit.plugins.module_utils import _odf_tls
@@ -27,7 +27,6 @@ def odf_module(options, cryptography_required):
     spec = k8s_auth_argument_spec()
     spec.update(options)
     module = K8sModule(argument_spec=spec, supports_check_mode=True)
-    hide_kubeconfig_secrets(module)
     require_kubernetes(module)
     if not _odf_tls.HAS_CRYPTOGRAPHY:
         if cryptography_required:

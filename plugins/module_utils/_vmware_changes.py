@@ -31,7 +31,12 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_cbt import (
     iter_changed_areas,
 )
 from ansible_collections.cbt.toolkit.plugins.module_utils._vmware_disks import ChangeIdError, parse_change_id
-from ansible_collections.cbt.toolkit.plugins.module_utils.extents import ExtentFileWriter, publish_all
+from ansible_collections.cbt.toolkit.plugins.module_utils.extents import (
+    COVERAGE_ALLOCATED,
+    COVERAGE_CHANGED,
+    ExtentFileWriter,
+    publish_all,
+)
 
 DISK_KEYS = ("key", "label", "file", "capacity_bytes", "backing", "disk_mode", "eligible", "reason", "change_id")
 
@@ -129,7 +134,7 @@ def _query_disk(client, vm, source, snap, snap_text, vm_text, disk, request, coa
         "vm_instance_uuid": source["vm_instance_uuid"],
         "snapshot": snap["moid"],
         # change id "*" asks for the allocated areas: all the data of the disk, not a delta
-        "coverage": "allocated" if change_id == "*" else "changed",
+        "coverage": COVERAGE_ALLOCATED if change_id == "*" else COVERAGE_CHANGED,
     }
     writer = None
     try:
@@ -149,7 +154,7 @@ def _query_disk(client, vm, source, snap, snap_text, vm_text, disk, request, coa
         if writer is not None:
             writer.abort()
             writer = ExtentFileWriter(request.extent_file, metadata=dict(metadata, full_sync_required="true",
-                                                                         reason=full.reason, coverage="allocated"))
+                                                                         reason=full.reason, coverage=COVERAGE_ALLOCATED))
         collector = ExtentCollector(capacity, max_results=max_results, sink=writer.add if writer else None)
         collector.add(0, capacity)
         collector.finish()

@@ -18,7 +18,7 @@ from ansible.module_utils.basic import missing_required_lib
 
 # re-exported: the modules take the connection options from here
 from ansible_collections.cbt.toolkit.plugins.module_utils._k8s_args import (  # noqa: F401 pylint: disable=unused-import
-    K8sModule, hide_kubeconfig_secrets, k8s_auth_argument_spec, kubeconfig_secrets)
+    K8sModule, k8s_auth_argument_spec, kubeconfig_secrets)
 
 try:
     import kubernetes  # noqa: F401 pylint: disable=unused-import

@@ -472,7 +472,6 @@ from ansible_collections.cbt.toolkit.plugins.module_utils.k8s import (
     K8sModule,
     api_error_message,
     get_api_client,
-    hide_kubeconfig_secrets,
     k8s_auth_argument_spec,
     require_kubernetes,
 )
@@ -494,7 +493,6 @@ def main():
         mutually_exclusive=[["base_snapshot", "base_snapshot_handle"]],
         supports_check_mode=True,
     )
-    hide_kubeconfig_secrets(module)
     require_kubernetes(module)
     if not HAS_GRPC:
         module.fail_json(msg=missing_required_lib("grpcio"), exception=GRPC_IMP_ERR)
