@@ -312,28 +312,42 @@ class Bench:
             else:
                 extra = "  %7.0f MB/s virtual" % (self.args.size / med / 1e6)
             log("  %-40s %7.3f [%6.3f-%6.3f]%s" % (case, med, lo, hi, extra))
-        log("\nratios (targets from issue 4)")
+        log("\nratios (targets from issue 4): from the medians; [range over the rounds], rounds that met the target")
         for cache in caches:
-            ours = self.stat("full/%s/ours" % cache)[0]
-            ref = self.stat("full/%s/nbdcopy" % cache)[0]
-            log("  full sync %s: block_sync / nbdcopy time = %.2f   (target <= 1.0)" % (cache, ours / ref))
+            full = "full/%s/" % cache
+            self.ratio("full sync %s: block_sync / nbdcopy time" % cache, "<=", 1.0, "%.2f",
+                       lambda t: t[full + "ours"] / t[full + "nbdcopy"])
             for setname in ("big", "small"):
-                o = self.stat("changed-%s/%s/ours" % (setname, cache))[0]
-                on = self.stat("changed-%s/%s/ours_nbd_src" % (setname, cache))[0]
-                x = self.stat("changed-%s/%s/extentlist_nbdcopy" % (setname, cache))[0]
-                n = self.stat("changed-%s/%s/naive" % (setname, cache))[0]
-                v = self.stat("changed-%s/%s/ours_verify" % (setname, cache))[0]
-                log("  changed %-5s %s: throughput vs extentlist+nbdcopy file->file %.2fx, NBD->file %.2fx "
-                    "(target >= 1.2); vs naive loop %.2fx" % (setname, cache, x / o, x / on, n / o))
-                log("  changed %-5s %s: time / full-sync time = %.1f %%  (target <= 15 %%); verification adds "
-                    "%.1f %% (target <= 20 %%)" % (setname, cache, 100 * o / ours, 100 * (v - o) / o))
+                c = "changed-%s/%s/" % (setname, cache)
+                label = "changed %-5s %s: " % (setname, cache)
+                self.ratio(label + "throughput vs extentlist+nbdcopy, file->file", ">=", 1.2, "%.2fx",
+                           lambda t, c=c: t[c + "extentlist_nbdcopy"] / t[c + "ours"])
+                self.ratio(label + "throughput vs extentlist+nbdcopy, NBD->file", ">=", 1.2, "%.2fx",
+                           lambda t, c=c: t[c + "extentlist_nbdcopy"] / t[c + "ours_nbd_src"])
+                self.ratio(label + "throughput vs naive loop", None, None, "%.2fx",
+                           lambda t, c=c: t[c + "naive"] / t[c + "ours"])
+                self.ratio(label + "time / full-sync time, %", "<=", 15.0, "%.1f",
+                           lambda t, c=c: 100 * t[c + "ours"] / t[full + "ours"])
+                self.ratio(label + "verification adds, %", "<=", 20.0, "%.1f",
+                           lambda t, c=c: 100 * (t[c + "ours_verify"] - t[c + "ours"]) / t[c + "ours"])
+
+    def ratio(self, label, op, target, fmt, fn):
+        """One ratio: from the medians, and per round (each round ran every contender back to back)."""
+        medians = dict((case, self.stat(case)[0]) for case in self.results)
+        rounds = [fn(dict((case, values[i]) for case, values in self.results.items()))
+                  for i in range(min(len(v) for v in self.results.values()))]
+        text = "  %-70s %8s  [%s-%s]" % (label, fmt % fn(medians), fmt % min(rounds), fmt % max(rounds))
+        if op is not None:
+            met = sum(1 for r in rounds if (r <= target if op == "<=" else r >= target))
+            text += "  target %s %s: %d of %d rounds" % (op, fmt % target, met, len(rounds))
+        log(text)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=lambda s: int(float(s) * MiB), default=2048 * MiB,
                         help="image size in MiB (default 2048)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cache", choices=["cold", "warm", "both"], default="both")
     parser.add_argument("--workdir", default=os.path.join(REPO, "benchmarks", "output", "block_sync"))
     parser.add_argument("--workers", type=int, default=4)
