@@ -61,8 +61,8 @@ options:
     type: str
   history_limit:
     description:
-      - Events kept per checkpoint in the ConfigMap backend (ConfigMaps are limited to 1 MiB). The SQL backends
-        keep the whole history.
+      - Events kept per checkpoint in the ConfigMap backend (ConfigMaps are limited to 1 MiB), at least 1. The SQL
+        backends keep the whole history.
     type: int
     default: 100
 """

@@ -68,6 +68,15 @@ def check_table_name(table):
     return table
 
 
+def table_hint(table, error_text):
+    """What to do when the database rejects a statement on ``table`` as a syntax error: the name is an SQL
+    keyword (``order``, ``user``...), which the pattern of ``check_table_name`` lets through."""
+    if "syntax error" not in error_text.lower():
+        return ""
+    return "; table %r cannot be used as a table name here (it is an SQL keyword): choose another name in the " \
+           "table option, such as cbt_checkpoints" % table
+
+
 def _describe(record):
     if record is None:
         return "no checkpoint"
@@ -248,7 +257,9 @@ class SqlStore(Store):
         self.conn = None
 
     # subclass hooks
-    def _begin_write(self, cur):
+    def _begin_write(self, cur, check_mode=False):
+        """Start the transaction of an advance or delete; in check mode nothing is written, so a
+        backend takes no write lock."""
         raise NotImplementedError
 
     def _select_current_sql(self):
@@ -369,12 +380,12 @@ class SqlStore(Store):
         for attempt in range(3):
             cur = self.conn.cursor()
             try:
-                self._begin_write(cur)
+                self._begin_write(cur, check_mode)
                 currents = [None] * len(items)
                 last_generations = [0] * len(items)
                 for i in order:
                     key = (items[i]["source_id"], items[i]["target"])
-                    cur.execute(self._select_current_sql() + self._for_update(), key)
+                    cur.execute(self._select_current_sql() + self._for_update(check_mode), key)
                     currents[i] = self._row(cur.fetchone())
                     if currents[i] is None:
                         last_generations[i] = self._last_generation(cur, *key)
@@ -429,8 +440,8 @@ class SqlStore(Store):
     def delete(self, source_id, target, expected_previous=None, expected_generation=None, check_mode=False):
         cur = self.conn.cursor()
         try:
-            self._begin_write(cur)
-            cur.execute(self._select_current_sql() + self._for_update(), (source_id, target))
+            self._begin_write(cur, check_mode)
+            cur.execute(self._select_current_sql() + self._for_update(check_mode), (source_id, target))
             current = self._row(cur.fetchone())
             if not check_delete(current, source_id, target, expected_previous, expected_generation):
                 self.conn.rollback()
@@ -456,7 +467,7 @@ class SqlStore(Store):
         finally:
             cur.close()
 
-    def _for_update(self):
+    def _for_update(self, check_mode=False):
         return ""
 
     def close(self):
@@ -499,7 +510,9 @@ class SqliteStore(SqlStore):
         if "." in table:
             raise CheckpointError("table %r: SQLite tables take no schema prefix" % table)
         self.path = path
-        if not os.path.exists(path):
+        self.timeout = timeout
+        existed = os.path.exists(path)
+        if not existed:
             if not create:
                 return  # check mode / info: a missing store reads as empty and is not created
             directory = os.path.dirname(os.path.abspath(path))
@@ -509,6 +522,7 @@ class SqliteStore(SqlStore):
                 except OSError as exc:
                     raise CheckpointError("cannot create the folder %s for the SQLite checkpoint store: %s"
                                           % (directory, exc))
+        raw = None
         try:
             raw = sqlite3.connect(path, timeout=timeout, isolation_level=None)
             raw.execute("PRAGMA busy_timeout = %d" % int(timeout * 1000))
@@ -516,7 +530,16 @@ class SqliteStore(SqlStore):
             if create:
                 self._ensure_schema(raw)
         except sqlite3.Error as exc:
-            raise CheckpointError("cannot open the SQLite checkpoint store %s: %s" % (path, exc))
+            if raw is not None:
+                raw.close()
+            self.conn = None
+            if not existed:
+                try:
+                    os.unlink(path)  # the empty file this call made: it would read as a store later
+                except OSError:
+                    pass
+            raise CheckpointError("cannot open the SQLite checkpoint store %s: %s%s"
+                                  % (path, exc, table_hint(table, str(exc))))
 
     def describe(self):
         return "sqlite:%s" % self.path
@@ -540,8 +563,9 @@ class SqliteStore(SqlStore):
             raw.execute("ROLLBACK")
             raise
 
-    def _begin_write(self, cur):
-        cur.execute("BEGIN IMMEDIATE")
+    def _begin_write(self, cur, check_mode=False):
+        # a deferred transaction only reads: check mode does not wait for another writer's lock
+        cur.execute("BEGIN" if check_mode else "BEGIN IMMEDIATE")
 
     def _is_unique_violation(self, exc):
         return isinstance(exc, sqlite3.IntegrityError)
@@ -550,7 +574,11 @@ class SqliteStore(SqlStore):
         try:
             return func()
         except sqlite3.Error as exc:
-            raise CheckpointError("%s in the SQLite checkpoint store %s failed: %s" % (what, self.path, exc))
+            hint = ""
+            if "locked" in str(exc) or "busy" in str(exc):
+                hint = "; another process held the store's write lock for more than %d s (another pipeline " \
+                       "advancing a checkpoint, or a stuck process): run again when it is done" % self.timeout
+            raise CheckpointError("%s in the SQLite checkpoint store %s failed: %s%s" % (what, self.path, exc, hint))
 
     def _ready(self):
         """Whether the store file exists and holds the tables (a file that is no SQLite database fails)."""
@@ -559,7 +587,9 @@ class SqliteStore(SqlStore):
     def _has_tables(self):
         cur = self.conn.cursor()
         try:
-            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,))
+            # SQLite table names are case-insensitive: CKPT names the table created as ckpt
+            cur.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = ? COLLATE NOCASE",
+                        (self.table,))
             return cur.fetchone() is not None
         finally:
             cur.close()

@@ -51,6 +51,10 @@ class ConfigMapStore(Store):
         self.name = name
         self.namespace = namespace
         self.history_limit = DEFAULT_HISTORY_LIMIT if history_limit is None else int(history_limit)
+        if self.history_limit < 1:
+            # trimming to nothing would also lose the highest generation a new checkpoint continues from
+            raise CheckpointError("history_limit must be at least 1 (events kept per checkpoint in the ConfigMap), "
+                                  "got %d" % self.history_limit)
         if api is None:
             if not k8s_utils.HAS_KUBERNETES:
                 raise MissingLibrary("kubernetes", k8s_utils.KUBERNETES_IMP_ERR)
@@ -87,6 +91,11 @@ class ConfigMapStore(Store):
         except ValueError:
             raise CheckpointError("checkpoint %s in the ConfigMap is not valid JSON; fix or remove that key"
                                   % data_key(source_id, target))
+        if (entry.get("source_id"), entry.get("target")) != (source_id, target):
+            raise CheckpointError("checkpoint %s in the ConfigMap belongs to source %r, target %r, not to source %r, "
+                                  "target %r; the key was edited by hand: fix or remove it"
+                                  % (data_key(source_id, target), entry.get("source_id"), entry.get("target"),
+                                     source_id, target))
         entry.setdefault("history", [])
         entry.setdefault("current", None)
         return entry

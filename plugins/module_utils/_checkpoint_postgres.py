@@ -23,6 +23,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint import (
     MissingLibrary,
     SqlStore,
     advance_unstored,
+    table_hint,
 )
 
 try:
@@ -52,19 +53,29 @@ class PostgresStore(SqlStore):
                                   "'host=db.example.com dbname=cbt user=cbt' or 'postgresql://cbt@db/cbt')")
         if psycopg is None:
             raise MissingLibrary("psycopg (3) or psycopg2", PSYCOPG_IMPORT_ERROR)
+        try:
+            parsed = _parse_dsn(dsn)
+        except Exception:  # pylint: disable=broad-except
+            # the parser's message quotes the part it could not read, which may be the password
+            raise CheckpointError(
+                "postgresql_dsn cannot be parsed (its text is not shown, as it may hold a password): write it as "
+                "key=value pairs, quoting values that contain spaces (password='a b'), or as a URI "
+                "postgresql://user@host/dbname with special characters percent-encoded (%25 for %); the password "
+                "can go in postgresql_password instead")
+        secrets = [value for value in (password, parsed.get("password")) if value]
         kwargs = {"connect_timeout": int(connect_timeout)}
         if password:
             kwargs["password"] = password
         try:
             self.conn = psycopg.connect(dsn, **kwargs)
         except Exception as exc:  # pylint: disable=broad-except
-            raise CheckpointError("cannot connect to the PostgreSQL checkpoint store: %s" % _clean(exc))
+            raise CheckpointError("cannot connect to the PostgreSQL checkpoint store: %s" % _clean(exc, secrets))
         info = getattr(self.conn, "info", None)
         self.where = "%s@%s:%s/%s" % (getattr(info, "user", "?"), getattr(info, "host", "?"),
                                       getattr(info, "port", "?"), getattr(info, "dbname", "?")) if info else "?"
         # CREATE ... IF NOT EXISTS still needs CREATE rights on the schema: a role with only DML grants on
         # tables a DBA created must never run it, so the tables are looked up first
-        self.exists = self._tables_exist()
+        self.exists = self._guard(self._tables_exist, "reading")
         if create and not self.exists:
             self._ensure_schema()
             self.exists = True
@@ -104,17 +115,19 @@ class PostgresStore(SqlStore):
             self.conn.commit()
         except Exception as exc:  # pylint: disable=broad-except
             self.conn.rollback()
-            raise CheckpointError("cannot create the checkpoint tables %s and %s: %s; create them as the table "
-                                  "owner or grant CREATE on the schema" % (self.table, self.history_table,
-                                                                           _clean(exc)))
+            text = _clean(exc)
+            hint = table_hint(self.table, text) or "; create them as the table owner or grant CREATE on the schema"
+            raise CheckpointError("cannot create the checkpoint tables %s and %s: %s%s"
+                                  % (self.table, self.history_table, text, hint))
         finally:
             cur.close()
 
-    def _begin_write(self, cur):
+    def _begin_write(self, cur, check_mode=False):
         pass  # psycopg opens a transaction with the first statement
 
-    def _for_update(self):
-        return " FOR UPDATE"
+    def _for_update(self, check_mode=False):
+        # check mode only reads: no row lock, and a role without UPDATE rights can still preview
+        return "" if check_mode else " FOR UPDATE"
 
     def _is_unique_violation(self, exc):
         return (getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)) == "23505"
@@ -126,8 +139,9 @@ class PostgresStore(SqlStore):
             raise
         except Exception as exc:  # pylint: disable=broad-except
             if psycopg is not None and isinstance(exc, psycopg.Error):
-                raise CheckpointError("%s the PostgreSQL checkpoint store (%s) failed: %s" % (
-                    what, self.describe(), _clean(exc)))
+                text = _clean(exc)
+                raise CheckpointError("%s the PostgreSQL checkpoint store (%s) failed: %s%s" % (
+                    what, self.describe(), text, table_hint(self.table, text)))
             raise
 
     # Without the tables (check mode / info before the first advance) the store reads as empty.
@@ -158,5 +172,18 @@ class PostgresStore(SqlStore):
             self, source_id, target, expected_previous, expected_generation, check_mode), "deleting from")
 
 
-def _clean(exc):
-    return " ".join(str(exc).split())
+def _parse_dsn(dsn):
+    """The keywords of a connection string (key=value pairs or a URI); raises on a syntax error."""
+    if PSYCOPG == "psycopg":
+        from psycopg.conninfo import conninfo_to_dict
+        return conninfo_to_dict(dsn)
+    from psycopg2.extensions import parse_dsn  # pylint: disable=import-error
+    return parse_dsn(dsn)
+
+
+def _clean(exc, secrets=()):
+    """The error on one line, with any of ``secrets`` masked."""
+    text = " ".join(str(exc).split())
+    for secret in secrets:
+        text = text.replace(secret, "********")
+    return text

@@ -92,6 +92,7 @@ options:
   bytes:
     description:
       - Bytes copied by the sync that reached this change point (for example RV(cbt.toolkit.block_sync#module:bytes_written)).
+      - Between 0 and 2^63-1.
     type: int
   metadata:
     description:
@@ -285,6 +286,7 @@ from ansible_collections.cbt.toolkit.plugins.module_utils._checkpoint_module imp
     opened_store,
 )
 
+MAX_BYTES = 2 ** 63 - 1  # the stores keep bytes as a signed 64-bit integer
 SINGLE_OPTIONS = ("source_id", "target", "change_id", "expected_previous", "expected_generation", "bytes", "metadata")
 
 
@@ -300,11 +302,29 @@ def _check_generation(module, value, where):
         module.fail_json(msg="%s must be 0 (no checkpoint yet) or a positive generation, got %d" % (where, value))
 
 
+def _check_key(module, prefix, source_id, target):
+    """``source_id`` and ``target`` name a checkpoint: neither may be blank or hold a NUL character."""
+    for name, value, what in (("source_id", source_id, "the source (VM instance UUID and disk key, or the PVC or "
+                               "snapshot lineage)"), ("target", target, "the copy the checkpoint belongs to")):
+        if not value or not value.strip():
+            module.fail_json(msg="%s%s is empty; it must name %s" % (prefix, name, what))
+        if "\0" in value:
+            module.fail_json(msg="%s%s %r holds a NUL character, which checkpoint keys cannot hold" % (prefix, name, value))
+
+
+def _check_bytes(module, prefix, value):
+    if value is not None and not 0 <= value <= MAX_BYTES:
+        module.fail_json(msg="%sbytes must be between 0 and %d (the bytes the copy holds), got %d"
+                             % (prefix, MAX_BYTES, value))
+
+
 def _record_items(module):
     """The records as store items, validated before the store is opened."""
     items = []
     for index, rec in enumerate(module.params["records"]):
         where = "records[%d]" % index
+        _check_key(module, where + ".", rec["source_id"], rec["target"])
+        _check_bytes(module, where + ".", rec["bytes"])
         _check_generation(module, rec["expected_generation"], where + ".expected_generation")
         if not rec["change_id"]:
             module.fail_json(msg="%s.change_id (source %r) must not be empty" % (where, rec["source_id"]))
@@ -323,8 +343,9 @@ def _advance_records(module, store, items):
                 "previous": previous} for item, (changed, record, previous) in zip(items, outcomes)]
     result = {"changed": any(r["changed"] for r in records), "records": records, "backend": store.describe()}
     if module._diff:
-        # keyed by source and target: the callback shows a dict as a readable, line-by-line diff
-        keys = ["%s -> %s" % (r["source_id"], r["target"]) for r in records]
+        # keyed by position, source and target: the callback shows a dict as a readable, line-by-line diff (the
+        # position keeps two records apart whose names would read alike, such as 'a -> b' and 'a' with 'b -> c')
+        keys = ["records[%d]: %s -> %s" % (i, r["source_id"], r["target"]) for i, r in enumerate(records)]
         result["diff"] = {"before": dict((k, _summary(r["previous"])) for k, r in zip(keys, records)),
                           "after": dict((k, _summary(r["checkpoint"])) for k, r in zip(keys, records))}
     return result
@@ -367,6 +388,8 @@ def main():
         items = _record_items(module)
         with opened_store(module, check_mode=module.check_mode) as store:
             module.exit_json(**_advance_records(module, store, items))
+    _check_key(module, "", p["source_id"], p["target"])
+    _check_bytes(module, "", p["bytes"])
     _check_generation(module, p["expected_generation"], "expected_generation")
     if p["state"] == "present" and not p["change_id"]:
         module.fail_json(msg="change_id must not be empty")

@@ -292,3 +292,42 @@ def test_postgres_role_with_only_table_grants_can_advance_and_delete(postgres):
         admin.execute("DROP OWNED BY %s" % role)
         admin.execute("DROP ROLE %s" % role)
         admin.close()
+
+
+def test_postgres_read_only_role_can_preview_and_keyword_table_is_explained(postgres):
+    """Check mode only reads: a role with nothing but SELECT previews an advance and a delete (no row lock,
+    which needs UPDATE rights). A table named like an SQL keyword fails with what to do."""
+    suffix = uuid.uuid4().hex[:8]
+    table = "cp_ro_%s" % suffix
+    role = "cbt_ro_%s" % suffix
+    role_password = "ro-secret-%s" % suffix
+    owner = PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
+    owner.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/1")
+    owner.close()
+    import psycopg  # pylint: disable=import-outside-toplevel
+
+    admin = psycopg.connect("host=127.0.0.1 port=%d dbname=%s user=postgres" % (postgres.port, postgres.database),
+                            password=postgres.password, autocommit=True)
+    try:
+        admin.execute("CREATE ROLE %s LOGIN PASSWORD '%s'" % (role, role_password))
+        for name in (table, table + "_history"):
+            admin.execute("GRANT SELECT ON %s TO %s" % (name, role))
+        dsn = "host=127.0.0.1 port=%d dbname=%s user=%s" % (postgres.port, postgres.database, role)
+        store = PostgresStore(dsn, password=role_password, table=table, create=False)
+        try:
+            changed, record, previous = store.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/2",
+                                                      expected_previous="52 aa/1", check_mode=True)
+            assert changed and record["generation"] == 2 and previous["change_id"] == "52 aa/1"
+            assert store.delete("vm:1:disk-2000", "/dev/vg0/r", check_mode=True)[0] is True
+            with pytest.raises(cp.CheckpointError) as err:  # a real advance still needs the write rights
+                store.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/2", expected_previous="52 aa/1")
+            assert "permission denied" in str(err.value)
+        finally:
+            store.close()
+    finally:
+        admin.execute("DROP OWNED BY %s" % role)
+        admin.execute("DROP ROLE %s" % role)
+        admin.close()
+    with pytest.raises(cp.CheckpointError) as err:
+        PostgresStore(postgres.dsn_no_password, password=postgres.password, table="order")
+    assert "SQL keyword" in str(err.value), err.value

@@ -200,3 +200,59 @@ def test_sqlite_batch_check_mode_without_a_store(tmp_path):
     with pytest.raises(cp.ConflictError):
         missing.advance_many([checkpoint_scenarios.item("a", "1", expected_previous="0")], check_mode=True)
     assert not os.path.exists(tmp_path / "nope.sqlite")
+
+
+def test_sqlite_table_names_are_case_insensitive(tmp_path):
+    path = str(tmp_path / "cp.sqlite")
+    store = cp.SqliteStore(path, table="ckpt")
+    store.advance("s", "t", "c1")
+    store.close()
+    for create in (True, False):  # a run, and check mode / info
+        other = cp.SqliteStore(path, table="CKPT", create=create)
+        try:
+            assert other.get("s", "t")["change_id"] == "c1"
+            assert other.advance("s", "t", "c2", expected_previous="c1", check_mode=True)[0]
+            assert other.delete("s", "t", check_mode=True) == (True, other.get("s", "t"))
+        finally:
+            other.close()
+
+
+def test_sqlite_check_mode_does_not_wait_for_a_writer(tmp_path):
+    path = str(tmp_path / "cp.sqlite")
+    store = cp.SqliteStore(path, timeout=0.5)
+    store.advance("s", "t", "c1")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another pipeline holds the write lock
+    try:
+        changed, record, previous = store.advance("s", "t", "c2", expected_previous="c1", check_mode=True)
+        assert changed and record["generation"] == 2 and previous["change_id"] == "c1"
+        assert store.delete("s", "t", check_mode=True)[0]
+        with pytest.raises(cp.CheckpointError) as err:
+            store.advance("s", "t", "c2", expected_previous="c1")
+        assert "write lock" in str(err.value) and "run again" in str(err.value)
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        store.close()
+
+
+def test_sqlite_keyword_table_name_is_explained_and_leaves_no_file(tmp_path):
+    path = str(tmp_path / "cp.sqlite")
+    with pytest.raises(cp.CheckpointError) as err:
+        cp.SqliteStore(path, table="order")
+    assert "SQL keyword" in str(err.value) and "table option" in str(err.value)
+    assert not os.path.exists(path)
+
+
+def test_configmap_history_limit_and_foreign_entries_are_refused():
+    import json
+    from ansible_collections.cbt.toolkit.plugins.module_utils import _checkpoint_configmap as cm
+    for limit in (0, -5):
+        with pytest.raises(cp.CheckpointError) as err:
+            cm.ConfigMapStore({}, name="cp", namespace="ns", history_limit=limit, api=object())
+        assert "history_limit must be at least 1" in str(err.value) and str(limit) in str(err.value)
+    data = {cm.data_key("a", "b"): json.dumps({"source_id": "x", "target": "b", "current": None, "history": []})}
+    with pytest.raises(cp.CheckpointError) as err:
+        cm.ConfigMapStore._entry(data, "a", "b")
+    assert "belongs to source 'x'" in str(err.value)
+    assert cm.ConfigMapStore._entry(data, "x", "y")["current"] is None

@@ -82,8 +82,8 @@ def test_records_advance_together(tmp_path):
     res = run(cbt_checkpoint, {"sqlite_path": db, "records": records, "_ansible_diff": True})
     assert res["changed"] and [r["changed"] for r in res["records"]] == [True, True]
     assert res["records"][0]["checkpoint"]["metadata"] == {"round": 1} and res["records"][0]["previous"] is None
-    assert res["diff"]["before"]["vmware:4211-aa:disk-2001 -> /t/1"] == {}
-    assert res["diff"]["after"]["vmware:4211-aa:disk-2001 -> /t/1"]["change_id"] == "52 2/1"
+    assert res["diff"]["before"]["records[1]: vmware:4211-aa:disk-2001 -> /t/1"] == {}
+    assert res["diff"]["after"]["records[1]: vmware:4211-aa:disk-2001 -> /t/1"]["change_id"] == "52 2/1"
     assert "checkpoint" not in res
     res = run(cbt_checkpoint, {"sqlite_path": db, "records": records})
     assert res["changed"] is False and [r["changed"] for r in res["records"]] == [False, False]
@@ -119,3 +119,49 @@ def test_records_argument_errors(tmp_path):
     res = run(cbt_checkpoint, {"sqlite_path": db, "source_id": "s", "change_id": "c"}, FailJson)
     assert "target" in res["msg"]
     assert not os.path.exists(db)  # nothing was opened or created for bad input
+
+
+def test_postgresql_dsn_secrets_stay_out_of_messages(monkeypatch):
+    if pg.psycopg is None:
+        raise AssertionError("psycopg is not installed in the unit-test environment; the project venv has it")
+    base = {"source_id": "s", "target": "t", "change_id": "c", "backend": "postgresql"}
+    for dsn in ("postgresql://cbt:S3cr3t%zz@127.0.0.1/cbt", "host=127.0.0.1 password=S3cr3t horse"):
+        res = run(cbt_checkpoint, dict(base, postgresql_dsn=dsn), FailJson)
+        assert "cannot be parsed" in res["msg"] and "S3cr3t" not in str(res)
+
+    def refuse(dsn, **kwargs):
+        raise pg.psycopg.OperationalError("connection failed for password=%s and %s" % (
+            pg._parse_dsn(dsn)["password"], kwargs.get("password")))
+
+    monkeypatch.setattr(pg.psycopg, "connect", refuse)
+    res = run(cbt_checkpoint, dict(base, postgresql_dsn="host=127.0.0.1 password=S3cr3t",
+                                   postgresql_password="0ther-pw"), FailJson)
+    assert "cannot connect" in res["msg"] and "S3cr3t" not in str(res) and "0ther-pw" not in str(res)
+
+
+def test_records_diff_keeps_records_with_alike_names_apart(tmp_path):
+    db = str(tmp_path / "cp.sqlite")
+    records = [{"source_id": "pvc:ns/a -> b", "target": "c", "change_id": "snap-1"},
+               {"source_id": "pvc:ns/a", "target": "b -> c", "change_id": "snap-2"}]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": records, "_ansible_diff": True})
+    assert sorted(v["change_id"] for v in res["diff"]["after"].values()) == ["snap-1", "snap-2"]
+    records[1].update(change_id="snap-3", expected_previous="snap-2")
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": records, "_ansible_diff": True})
+    assert res["changed"] and res["diff"]["before"] != res["diff"]["after"]
+
+
+def test_bad_keys_and_bytes_are_refused_before_the_store_is_opened(tmp_path):
+    db = str(tmp_path / "cp.sqlite")
+    base = {"sqlite_path": db, "source_id": "s", "target": "t", "change_id": "c"}
+    for args, needle in (({"source_id": ""}, "source_id is empty"), ({"target": "  "}, "target is empty"),
+                         ({"source_id": "a\0b"}, "NUL"), ({"bytes": 2 ** 63}, "bytes must be between 0"),
+                         ({"bytes": -5}, "got -5")):
+        res = run(cbt_checkpoint, dict(base, **args), FailJson)
+        assert needle in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [
+        {"source_id": "s", "target": "t", "change_id": "c", "bytes": 2 ** 64}]}, FailJson)
+    assert "records[0].bytes must be between 0" in res["msg"]
+    res = run(cbt_checkpoint, {"sqlite_path": db, "records": [{"source_id": "s", "target": "", "change_id": "c"}]},
+              FailJson)
+    assert "records[0].target is empty" in res["msg"]
+    assert not os.path.exists(db)
