@@ -285,7 +285,13 @@ class Engine(object):
             if req.check_mode and self.dst.read_only:
                 raise ValidationError("NBD export %s is read-only; it cannot be the target" % req.dest)
             return
+        if not req.dest or req.dest.endswith("/"):
+            raise ValidationError("dest %r is not a file, block device or NBD URL; name the target itself (a path "
+                                  "that does not end in /)" % req.dest)
         exists, _kind = describe_local(req.dest)
+        if not exists and os.path.islink(req.dest):
+            raise ValidationError("target %s is a symbolic link to %s, which does not exist; point it at the target "
+                                  "or give the target's own path" % (req.dest, os.readlink(req.dest)))
         if not exists:
             if mode == "extents":
                 raise ValidationError(
@@ -316,6 +322,12 @@ class Engine(object):
 
     def _validate_pair(self):
         req = self.req
+        if req.checksum_file and not req.check_mode:
+            folder = os.path.dirname(os.path.abspath(req.checksum_file))
+            if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                raise ValidationError("checksum_file %s cannot be written: folder %s %s; create it or choose another "
+                                      "path" % (req.checksum_file, folder,
+                                                "is not writable" if os.path.isdir(folder) else "does not exist"))
         if self.dst is None:
             return
         same = self.src.identity() == self.dst.identity()
@@ -353,6 +365,12 @@ class Engine(object):
         elif mode == "compare":
             if req.extents is not None or req.extent_file:
                 copy, info = load_extents(req, size)
+                if info["coverage"] == extlib.COVERAGE_ALLOCATED:
+                    raise ValidationError(
+                        "%s lists all the data of the source (%s): what it leaves out must become zeros on the "
+                        "target, which mode compare does not do; use mode extents with it (or mode compare "
+                        "without the list)" % ("extent_file %s" % req.extent_file if req.extent_file else "extents",
+                                               info.get("coverage_from") or "coverage=allocated"))
             else:
                 copy = [(0, size)] if size else []
         elif mode == "all":
@@ -738,7 +756,10 @@ class Engine(object):
             header = ["# cbt.toolkit block_sync checksums v1", "# algorithm=%s" % self.req.checksum_algorithm,
                       "# piece_size=%d" % self.piece, "# source=%s" % self.req.src, "# target=%s" % self.req.dest,
                       "# columns=offset length source_digest target_digest"]
-            atomic_write(self.req.checksum_file, "\n".join(header + lines) + "\n")
+            try:
+                atomic_write(self.req.checksum_file, "\n".join(header + lines) + "\n")
+            except (IOError, OSError) as exc:
+                raise BlockCopyError("cannot write checksum_file %s: %s" % (self.req.checksum_file, exc))
             result["checksum_file"] = self.req.checksum_file
         return result, mismatches
 
@@ -816,6 +837,7 @@ class Engine(object):
         self.piece = piece
         self.zero = zero_bytes(max(piece, GRANULE))
         self.skip_zero = bool(req.dest_is_zero or self.dest_created)
+        self.written_before = False
         self.hash_pieces = bool(req.verify and not req.check_mode)
         result = self.result
         result.update({
@@ -845,6 +867,7 @@ class Engine(object):
         if req.check_mode:
             # check mode takes no lock: it decides on the state as it reads now
             old = self._read_state(files, target_fp, plan_id)
+            self._check_zero_claim(files)
             return self._check_mode_result(mode, copy, zero, old, plan_id, files, started)
 
         files.ensure_dir()
@@ -860,6 +883,7 @@ class Engine(object):
             else:
                 # read under the lock: another run may have changed the state until it released the lock
                 old = self._read_state(files, target_fp, plan_id)
+                self._check_zero_claim(files)
             if isinstance(self.dst, LocalEndpoint):
                 lock.lock_target(self.dst.fd)
             return self._locked_run(mode, copy, zero, old, plan_id, files, target_fp, started)
@@ -868,10 +892,41 @@ class Engine(object):
 
     def _read_state(self, files, target_fp, plan_id):
         """The resume state of this target, if it is of this target and can still be trusted."""
-        old_data = read_json(files.state)
-        if old_data is None or old_data.get("target_fingerprint") != target_fp:
+        self.written_before = False
+        try:
+            old_data = read_json(files.state)
+            old = ResumeState.from_dict(files, old_data) if old_data is not None else None
+        except (BlockCopyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            if self.req.resume == "restart":
+                self.warn("resume: restart: the resume state %s cannot be read (%s); it is replaced"
+                          % (files.state, exc))
+                self.written_before = True
+                return None
+            if isinstance(exc, BlockCopyError):
+                raise
+            raise BlockCopyError("resume state %s is damaged (%s: %s); delete it or set resume: restart"
+                                 % (files.state, type(exc).__name__, exc))
+        if old is None or old_data.get("target_fingerprint") != target_fp:
             return None
-        return self._trusted_state(ResumeState.from_dict(files, old_data), plan_id)
+        self.written_before = True
+        return self._trusted_state(old, plan_id)
+
+    def _check_zero_claim(self, files):
+        """``dest_is_zero`` describes a fresh target: once a run has written to it (its resume state says so),
+        it may hold data where the source has zeros now, so zero ranges are written after all."""
+        if self.req.dest_is_zero and not self.dest_created and self.written_before:
+            self.skip_zero = False
+            self.warn("dest_is_zero is ignored: an earlier run wrote to target %s (resume state %s), so it may hold "
+                      "data where the source has zeros; zero ranges are written" % (self.req.dest, files.state))
+
+    def _distrusted(self, old, plan_id):
+        """What is left of a state that cannot be trusted: nothing, unless it is an unfinished run of another
+        plan. That one keeps guarding the extents it had still to copy, with none of its progress believed."""
+        if old.plan_id == plan_id or old.status == "complete":
+            return None
+        old.done = []
+        old.witnesses = []
+        return old
 
     def _trusted_state(self, old, plan_id):
         """``old``, unless what it records can no longer be trusted (then None, with a warning):
@@ -897,7 +952,7 @@ class Engine(object):
                       "The saved progress is ignored and the whole plan is copied"
                       % (old.files.state, req.dest, extlib.total_bytes(old.done),
                          ", data among them" if old.holds_data else " (a state written by an older version)"))
-            return None
+            return self._distrusted(old, plan_id)
         if self.dst is None:
             return old
         buf = bytearray(max([w[1] for w in old.witnesses] or [0]))
@@ -909,7 +964,7 @@ class Engine(object):
                           "read back after an earlier flush differ now (the target was re-created or written by "
                           "something else). The saved progress is ignored and the whole plan is copied"
                           % (req.dest, old.files.state, length, off))
-                return None
+                return self._distrusted(old, plan_id)
         return old
 
     def _add_witness(self, mark):
@@ -931,12 +986,12 @@ class Engine(object):
         if old is None:
             return []
         if old.plan_id == plan_id:
+            if req.resume == "restart":
+                self.warn("resume: restart: ignoring %d bytes already copied by %s run of this plan"
+                          % (extlib.total_bytes(old.done), "a completed" if old.status == "complete" else "an unfinished"))
+                return []
             if old.status == "complete":
                 return None if req.sync_id else []
-            if req.resume == "restart":
-                self.warn("resume: restart: ignoring %d bytes already copied by an unfinished run of this plan"
-                          % extlib.total_bytes(old.done))
-                return []
             return old.done
         if old.status == "complete":
             return []

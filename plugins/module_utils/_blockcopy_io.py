@@ -529,7 +529,8 @@ class NbdEndpoint(Endpoint):
         small read is one synchronous request.
         """
         h = self.handle
-        if length <= NBD_READ_SPLIT:
+        split = min(NBD_READ_SPLIT, self.max_request)  # a server may allow less than 1 MiB per request
+        if length <= split:
             try:
                 with self._lock:
                     return h.pread(length, offset)
@@ -542,7 +543,7 @@ class NbdEndpoint(Endpoint):
             try:
                 pos = 0
                 while pos < length:
-                    step = min(length - pos, NBD_READ_SPLIT)
+                    step = min(length - pos, split)
                     if pos + step < length:
                         cookies.append((offset + pos, step, h.aio_pread(
                             nbd.Buffer.from_buffer(view[pos:pos + step]), offset + pos)))
@@ -550,7 +551,7 @@ class NbdEndpoint(Endpoint):
                         view[pos:] = h.pread(step, offset + pos)
                     pos += step
             except nbd.Error as exc:
-                failed = (offset + pos, min(length - pos, NBD_READ_SPLIT), exc)
+                failed = (offset + pos, min(length - pos, split), exc)
             # every request sent is waited for, failed or not: none may still write into ``buf`` later
             for chunk_offset, chunk_length, cookie in cookies:
                 try:

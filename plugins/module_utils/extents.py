@@ -376,7 +376,8 @@ def read_extent_file(path):
             if len(parts) < 2:
                 raise ExtentError("%s line %d: %r is not '<offset> <length>'" % (path, number, line))
             try:
-                extents.append((int(parts[0], 0), int(parts[1], 0)))
+                # decimal, zero-padded or not; 0x... hexadecimal too
+                extents.append(tuple(int(tok, 10) if tok.isdigit() else int(tok, 0) for tok in parts[:2]))
             except ValueError:
                 raise ExtentError("%s line %d: %r is not '<offset> <length>' in bytes" % (path, number, line))
     if "capacity" in metadata:

@@ -81,7 +81,8 @@ options:
         block-device source cannot report allocation; every byte is read then, with zero detection.
       - V(all) reads every byte of the source.
       - V(compare) reads both sides (limited to O(extents)/O(extent_file) when given) and writes only the 64 KiB
-        pieces that differ; for when no change tracking is available.
+        pieces that differ; for when no change tracking is available. An extent list that covers all the data of
+        the source (C(coverage=allocated)) is refused here, as what it leaves out must be zeroed; use V(extents) with it.
     type: str
     choices: [extents, allocated, all, compare]
   extents:
@@ -117,6 +118,8 @@ options:
     description:
       - Promise that the target reads as zeros (a new volume). Zero ranges are then skipped instead of zeroed.
       - Only allowed with O(mode=allocated) or O(mode=all); a newly created target file implies it.
+      - Ignored, with a warning, once a run has written to the target (its resume state exists) - a retry after a
+        failed run, or a run after an earlier sync, may find data where the source has zeros.
     type: bool
     default: false
   create:
@@ -171,7 +174,10 @@ options:
       - From an NBD export or a block device, an unfinished run is only continued with O(sync_id) - nothing else
         shows that the same URL or device still serves the same snapshot (a regular file's modification time is
         part of the plan). Without it the run copies everything again, with a warning.
-      - V(restart) ignores any saved progress and copies the whole plan (with a warning about uncovered ranges).
+      - V(restart) ignores any saved progress and copies the whole plan (with a warning about uncovered ranges),
+        also a plan already completed for its O(sync_id), and replaces a resume state that cannot be read.
+      - A saved progress that is no longer trusted still counts for an unfinished run of a different plan - the
+        ranges that run had still to copy must be covered by this one, or this run is refused.
     type: str
     choices: [auto, restart]
     default: auto

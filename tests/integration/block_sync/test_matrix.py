@@ -158,3 +158,20 @@ def test_an_nbd_source_resumes_only_with_its_snapshot_identity(workdir, sync_id)
     else:
         assert result["resumed"] is True and result["bytes_resumed"] >= 3 * MiB and not warnings
     assert sha_of(dst, SIZE) == sha_of(snap2, SIZE)
+
+
+def test_nbd_source_with_a_small_maximum_request(workdir):
+    """An export that allows at most 64 KiB per request (and fails larger ones): the copy, verification and
+    the whole-image digests all keep to it."""
+    src = make_image(os.path.join(workdir, "small-max.img"), 6 * MiB, seed=11)
+    export = NbdExport.nbdkit(src, readonly=True, filters=["blocksize-policy"], name="small-max",
+                              filter_args=["blocksize-minimum=512", "blocksize-preferred=4096",
+                                           "blocksize-maximum=65536", "blocksize-error-policy=error"]).start()
+    try:
+        dst = os.path.join(workdir, "small-max-copy.img")
+        result = sync(workdir, export.uri, dst, mode="all", verify=True, image_digest=True)
+        assert result["request_size"] == 64 * KiB and result["verification"]["passed"]
+        assert result["image_digest"]["match"] is True
+        assert sha_of(dst, 6 * MiB) == sha_of(src, 6 * MiB)
+    finally:
+        export.stop()

@@ -879,3 +879,86 @@ def test_a_partial_listing_is_refused(tmp_path, images):
     extlib.write_extent_file(path, [(4 * MiB, MiB)], {"coverage": "allocated", "starting_offset": 4 * MiB})
     msg = _untouched(tmp_path, src, dst, "starting_offset=%d" % (4 * MiB), extent_file=path)
     assert "from offset 0" in msg
+
+
+# -- review findings: retries, distrusted states, restarts, bad paths ------------------------------------
+def test_dest_is_zero_is_ignored_once_a_run_wrote_to_the_target(tmp_path, images, monkeypatch):
+    src, dst = images
+    with open(dst, "wb") as f:
+        f.truncate(8 * MiB)  # a fresh, all-zero target
+    _interrupted_at_6_mib(tmp_path, src, dst, monkeypatch)  # wrote data at 0-1 MiB (layout d z . d ...)
+    with open(src, "r+b") as f:  # the source changes: its first MiB is zeros now
+        f.write(bytes(MiB))
+    result = sync(tmp_path, src, dst, mode="all", request_size=MiB, workers=1, dest_is_zero=True)
+    assert any("dest_is_zero is ignored" in w for w in result["_warnings"]), result["_warnings"]
+    assert digest(src) == digest(dst)
+
+
+def test_a_distrusted_unfinished_run_of_another_plan_still_guards_its_extents(tmp_path, images, monkeypatch):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5, layout="d")
+    _interrupted_at_6_mib(tmp_path, src, dst, monkeypatch)
+    state = json.loads(open(_state_file(tmp_path)).read())
+    off = state["witnesses"][0][0]
+    with open(dst, "r+b") as f:  # something else wrote where the witness was taken
+        f.seek(off)
+        f.write(b"\x5a" * 16)
+    with pytest.raises(bio.ValidationError) as err:
+        sync(tmp_path, src, dst, extents=[[0, MiB]], request_size=MiB, workers=1)
+    assert "an unfinished block_sync run of a different plan" in str(err.value)
+    assert json.loads(open(_state_file(tmp_path)).read())["status"] == "running"
+
+
+def test_restart_copies_a_completed_sync_id_again(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1")
+    with open(dst, "r+b") as f:  # damage away from any witness
+        f.seek(7 * MiB + 100)
+        f.write(b"\x00" * 100)
+    assert sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1")["already_complete"] is True
+    result = sync(tmp_path, src, dst, mode="allocated", sync_id="snap-1", resume="restart")
+    assert result["already_complete"] is False and result["changed"] and digest(src) == digest(dst)
+
+
+def test_a_damaged_state_is_replaced_with_restart_only(tmp_path, images):
+    src, dst = images
+    sync(tmp_path, src, dst, mode="allocated")
+    with open(_state_file(tmp_path), "w") as f:
+        f.write('{"done": [[0, "x"]]')
+    with pytest.raises(bio.BlockCopyError) as err:
+        sync(tmp_path, src, dst, mode="all")
+    assert "set resume: restart" in str(err.value)
+    with open(_state_file(tmp_path), "w") as f:
+        f.write('{"plan_id": "p", "done": [[0, "x"]]}')
+    with pytest.raises(bio.BlockCopyError) as err:
+        sync(tmp_path, src, dst, mode="all")
+    assert "is damaged" in str(err.value) and "set resume: restart" in str(err.value)
+    result = sync(tmp_path, src, dst, mode="all", resume="restart")
+    assert any("cannot be read" in w for w in result["_warnings"]) and digest(src) == digest(dst)
+
+
+def test_bad_target_paths_and_checksum_folder_are_refused_before_writing(tmp_path, images):
+    src, dst = images
+    os.symlink(str(tmp_path / "missing.img"), str(tmp_path / "dangling"))
+    for check_mode in (True, False):
+        _untouched(tmp_path, src, tmp_path / "dangling", "symbolic link", mode="allocated", check_mode=check_mode)
+        _untouched(tmp_path, src, str(tmp_path / "new") + "/", "does not end in /", mode="allocated",
+                   check_mode=check_mode)
+    assert not os.path.lexists(tmp_path / "missing.img")
+    make_image(dst, 8 * MiB, seed=5)
+    _untouched(tmp_path, src, dst, "folder %s does not exist" % (tmp_path / "nowhere"), mode="all", verify=True,
+               checksum_file=str(tmp_path / "nowhere" / "sums.txt"))
+
+
+def test_compare_refuses_an_allocated_coverage_list(tmp_path, images):
+    src, dst = images
+    make_image(dst, 8 * MiB, seed=5)
+    listfile = tmp_path / "alloc.extents"
+    extlib.write_extent_file(str(listfile), [(0, MiB)], {"capacity": 8 * MiB, "coverage": "allocated"})
+    _untouched(tmp_path, src, dst, "use mode extents", mode="compare", extent_file=str(listfile))
+
+
+def test_extent_file_accepts_zero_padded_decimals(tmp_path):
+    path = tmp_path / "padded.extents"
+    path.write_text("0000008192 0000004096\n0x4000 4096\n")
+    assert extlib.read_extent_file(str(path))[1] == [(8192, 4096), (16384, 4096)]
