@@ -331,3 +331,11 @@ def test_postgres_read_only_role_can_preview_and_keyword_table_is_explained(post
     with pytest.raises(cp.CheckpointError) as err:
         PostgresStore(postgres.dsn_no_password, password=postgres.password, table="order")
     assert "SQL keyword" in str(err.value), err.value
+
+
+def test_postgres_unparsable_dsn_does_not_show_its_password(postgres, run_module):
+    for dsn in ("postgresql://cbt:S3cr3t%%zz@127.0.0.1:%d/%s" % (postgres.port, postgres.database),
+                "host=127.0.0.1 port=%d password=S3cr3t horse" % postgres.port):
+        res, run = run_module("cbt_checkpoint_info", {"backend": "postgresql", "postgresql_dsn": dsn})
+        assert res.get("failed") and "cannot be parsed" in res["msg"], run
+        assert "S3cr3t" not in run.stdout and "S3cr3t" not in run.stderr
