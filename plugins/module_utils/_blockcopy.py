@@ -309,7 +309,8 @@ class Engine(object):
             self.dest_created = True
             return
         if req.check_mode:
-            self.dst = LocalEndpoint(req.dest, writable=False)
+            # claimed like the run would (O_EXCL on a block device): a mounted target fails here already
+            self.dst = LocalEndpoint(req.dest, writable=False, exclusive=True)
             if not os.access(req.dest, os.W_OK):
                 raise ValidationError("target %s is read-only (no write permission); make it writable or choose "
                                       "another target" % req.dest)
@@ -838,6 +839,7 @@ class Engine(object):
         self.zero = zero_bytes(max(piece, GRANULE))
         self.skip_zero = bool(req.dest_is_zero or self.dest_created)
         self.written_before = False
+        self.state_saved = False
         self.hash_pieces = bool(req.verify and not req.check_mode)
         result = self.result
         result.update({
@@ -886,9 +888,25 @@ class Engine(object):
                 self._check_zero_claim(files)
             if isinstance(self.dst, LocalEndpoint):
                 lock.lock_target(self.dst.fd)
-            return self._locked_run(mode, copy, zero, old, plan_id, files, target_fp, started)
+            try:
+                return self._locked_run(mode, copy, zero, old, plan_id, files, target_fp, started)
+            except BaseException:
+                self._remove_unrecorded_target()
+                raise
         finally:
             lock.release()
+
+    def _remove_unrecorded_target(self):
+        """A target file this run created, but failed before its resume state said "running" (the state
+        folder is full or not writable), is removed: nothing would tell a later run that it is no replica."""
+        if not (self.dest_created and self.dst is not None and getattr(self.dst, "created", False)) or \
+                self.state_saved:
+            return
+        try:
+            os.unlink(self.req.dest)
+        except OSError as exc:
+            self.warn("could not remove the target %s this run created before it failed: %s; delete it before "
+                      "using it as a replica" % (self.req.dest, exc))
 
     def _read_state(self, files, target_fp, plan_id):
         """The resume state of this target, if it is of this target and can still be trusted."""
@@ -1098,6 +1116,7 @@ class Engine(object):
                 "plan_bytes": self.total_bytes})
             write_plan(files.plan, plan_id, copy, zero)
             self.state.save()  # "running" is on disk before the first byte is written
+        self.state_saved = True
         self.resumed_bytes = extlib.total_bytes(_intersect(extlib.normalize(copy + zero), done))
         result["bytes_resumed"] = self.resumed_bytes
         self.status = StatusFile(files.status, {"src": req.src, "dest": req.dest, "plan_id": plan_id,

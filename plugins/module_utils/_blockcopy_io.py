@@ -286,7 +286,7 @@ class LocalEndpoint(Endpoint):
             os.ftruncate(self.fd, create_size)
             st = os.fstat(self.fd)
         elif stat.S_ISBLK(st.st_mode):
-            if writable and exclusive:
+            if exclusive:
                 flags |= os.O_EXCL  # refused by the kernel while mounted or claimed (LVM, RAID, dm)
             try:
                 self.fd = os.open(path, flags)
@@ -656,7 +656,8 @@ def open_endpoint(spec, writable=False, create_size=None, exclusive=True):
     if "://" in spec:
         raise ValidationError("%s: unsupported URL scheme; use a file or block-device path, or an NBD URL "
                               "(nbd://host:port/export, nbd+unix:///export?socket=/path)" % spec)
-    return LocalEndpoint(spec, writable=writable, create_size=create_size, exclusive=exclusive)
+    # a source is read while others may use it; only a target is claimed
+    return LocalEndpoint(spec, writable=writable, create_size=create_size, exclusive=exclusive and writable)
 
 
 def describe_local(spec):

@@ -102,19 +102,20 @@ class ConfigMapStore(Store):
 
     def _write(self, cm, data):
         """Create or replace the ConfigMap; return False on a concurrent change (409)."""
-        body = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": self.name, "namespace": self.namespace, "labels": dict(LABELS)},
-                "data": data}
         try:
             if cm is None:
-                self.api.create_namespaced_config_map(self.namespace, body)
+                self.api.create_namespaced_config_map(self.namespace, {
+                    "apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": self.name, "namespace": self.namespace, "labels": dict(LABELS)},
+                    "data": data})
             else:
-                labels = dict(cm.metadata.labels or {})
-                labels.update(LABELS)
-                body["metadata"]["labels"] = labels
-                body["metadata"]["annotations"] = dict(cm.metadata.annotations or {})
-                body["metadata"]["resourceVersion"] = cm.metadata.resource_version
-                self.api.replace_namespaced_config_map(self.name, self.namespace, body)
+                # the object as read, with the new data: a replace keeps what others set on it (owner
+                # references, finalizers, binaryData, annotations), and its resourceVersion makes it a
+                # compare-and-set
+                cm.metadata.labels = dict(cm.metadata.labels or {}, **LABELS)
+                cm.metadata.managed_fields = None
+                cm.data = data
+                self.api.replace_namespaced_config_map(self.name, self.namespace, cm)
         except k8s_utils.ApiException as exc:
             if getattr(exc, "status", None) == 409:
                 return False

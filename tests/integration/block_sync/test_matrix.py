@@ -175,3 +175,19 @@ def test_nbd_source_with_a_small_maximum_request(workdir):
         assert sha_of(dst, 6 * MiB) == sha_of(src, 6 * MiB)
     finally:
         export.stop()
+
+
+def test_a_block_device_target_in_use_is_refused_also_in_check_mode(workdir, endpoints):
+    """A target another program holds exclusively (as a mount or LVM does) is refused by check mode too,
+    not only by the run."""
+    src = make_image(os.path.join(workdir, "busy-src.img"), 4 * MiB, seed=12)
+    dev = endpoints.expose(make_image(os.path.join(workdir, "busy-dst.img"), 4 * MiB, seed=13), "block")
+    holder = os.open(dev, os.O_RDONLY | os.O_EXCL)
+    try:
+        for check_mode in (True, False):
+            with pytest.raises(bio.ValidationError) as err:
+                sync(workdir, src, dev, mode="all", check_mode=check_mode)
+            assert "is in use" in str(err.value), (check_mode, err.value)
+    finally:
+        os.close(holder)
+    assert sync(workdir, src, dev, mode="all", check_mode=True)["changed"] is True

@@ -137,3 +137,23 @@ def test_module_records(kube_cluster, namespace, run_module):
     assert res.get("changed") is True and len(res["records"]) == 3, run
     res, run = run_module("cbt_checkpoint", dict(args, records=records))
     assert res.get("changed") is False, run
+
+
+def test_advance_keeps_what_others_set_on_the_configmap(kube_cluster, namespace):
+    """A ConfigMap made beforehand (by a GitOps tool, with an owner and binary data) keeps its owner
+    references, annotations, labels and binaryData through advances."""
+    ns, api = namespace
+    api.create_namespaced_config_map(ns, {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "owned", "labels": {"team": "storage"}, "annotations": {"note": "keep"},
+                     "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "parent",
+                                          "uid": str(uuid.uuid4())}]},
+        "binaryData": {"blob": "AAEC"}, "data": {"readme": "checkpoints"}})
+    store = ConfigMapStore({"kubeconfig": str(kube_cluster.kubeconfig)}, name="owned", namespace=ns)
+    store.advance("s", "t", "c1")
+    store.advance("s", "t", "c2", expected_previous="c1")
+    cm = api.read_namespaced_config_map("owned", ns)
+    assert [o.name for o in cm.metadata.owner_references or []] == ["parent"]
+    assert cm.metadata.annotations.get("note") == "keep" and cm.metadata.labels.get("team") == "storage"
+    assert cm.binary_data == {"blob": "AAEC"} and cm.data["readme"] == "checkpoints"
+    assert store.get("s", "t")["change_id"] == "c2"

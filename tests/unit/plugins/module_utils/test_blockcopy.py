@@ -962,3 +962,18 @@ def test_extent_file_accepts_zero_padded_decimals(tmp_path):
     path = tmp_path / "padded.extents"
     path.write_text("0000008192 0000004096\n0x4000 4096\n")
     assert extlib.read_extent_file(str(path))[1] == [(8192, 4096), (16384, 4096)]
+
+
+def test_a_new_target_is_removed_when_its_state_cannot_be_written(tmp_path, images, monkeypatch):
+    src, dst = images
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bc, "write_plan", full)
+    with pytest.raises(OSError):
+        sync(tmp_path, src, dst, mode="allocated")
+    assert not os.path.exists(dst)
+    monkeypatch.undo()
+    result = sync(tmp_path, src, dst, mode="allocated")
+    assert result["dest_created"] and digest(src) == digest(dst)
