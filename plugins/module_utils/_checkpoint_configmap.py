@@ -101,7 +101,8 @@ class ConfigMapStore(Store):
         return entry
 
     def _write(self, cm, data):
-        """Create or replace the ConfigMap; return False on a concurrent change (409)."""
+        """Create or replace the ConfigMap; return False on a concurrent change (409, or 404 when it was
+        deleted since it was read)."""
         try:
             if cm is None:
                 self.api.create_namespaced_config_map(self.namespace, {
@@ -117,7 +118,9 @@ class ConfigMapStore(Store):
                 cm.data = data
                 self.api.replace_namespaced_config_map(self.name, self.namespace, cm)
         except k8s_utils.ApiException as exc:
-            if getattr(exc, "status", None) == 409:
+            # 409: changed (or created) since it was read; 404 on a replace: deleted since it was read. Either
+            # way the caller reads again and decides again.
+            if getattr(exc, "status", None) == 409 or (cm is not None and getattr(exc, "status", None) == 404):
                 return False
             raise CheckpointError(k8s_utils.api_error_message(
                 exc, self._what("creating" if cm is None else "updating")))

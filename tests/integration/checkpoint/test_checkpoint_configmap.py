@@ -157,3 +157,23 @@ def test_advance_keeps_what_others_set_on_the_configmap(kube_cluster, namespace)
     assert cm.metadata.annotations.get("note") == "keep" and cm.metadata.labels.get("team") == "storage"
     assert cm.binary_data == {"blob": "AAEC"} and cm.data["readme"] == "checkpoints"
     assert store.get("s", "t")["change_id"] == "c2"
+
+
+def test_a_configmap_deleted_between_read_and_write_is_read_again(kube_cluster, namespace, monkeypatch):
+    ns, api = namespace
+    store = ConfigMapStore({"kubeconfig": str(kube_cluster.kubeconfig)}, name="gone", namespace=ns)
+    store.advance("s", "t", "c1")
+    real_read = store._read
+    calls = []
+
+    def read_then_delete():
+        found = real_read()
+        if not calls:  # the first read sees the ConfigMap; it is deleted before the write
+            api.delete_namespaced_config_map("gone", ns)
+        calls.append(1)
+        return found
+
+    monkeypatch.setattr(store, "_read", read_then_delete)
+    changed, record, _previous = store.advance("s2", "t", "x1")
+    assert changed and record["generation"] == 1 and len(calls) == 2
+    assert api.read_namespaced_config_map("gone", ns).data.get(data_key("s2", "t"))
