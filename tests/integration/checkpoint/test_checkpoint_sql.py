@@ -4,6 +4,7 @@
 """cbt_checkpoint / cbt_checkpoint_info against SQLite and a real PostgreSQL server: compare-and-set
 conflicts, concurrent advancers (only one wins), history, check mode, no_log of credentials."""
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -253,15 +254,18 @@ def test_module_records_advance_together(store_args, run_module):
     assert res["checkpoint"]["change_id"] == "52 2000/1", run  # the first disk did not move either
 
 
-def test_postgres_role_with_only_table_grants_can_advance_and_delete(postgres):
-    """A least-privilege role: the tables were created by their owner, the role has SELECT/INSERT/UPDATE/
-    DELETE on them (and USAGE on the history sequence) but no CREATE on the schema. Opening the store must
-    not run DDL, so advancing and deleting work."""
+@contextlib.contextmanager
+def _role_on_own_table(postgres, prefix, privileges, prepare=None):
+    """A checkpoint table created by its owner (``prepare(store)`` runs as the owner) and a new login role
+    with only ``privileges`` on it and its history. Yields ``(admin connection, role, dsn, password,
+    table)``; the role and its grants are dropped afterwards."""
     suffix = uuid.uuid4().hex[:8]
-    table = "cp_dml_%s" % suffix
-    role = "cbt_dml_%s" % suffix
-    role_password = "dml-secret-%s" % suffix
+    table = "cp_%s_%s" % (prefix, suffix)
+    role = "cbt_%s_%s" % (prefix, suffix)
+    role_password = "%s-secret-%s" % (prefix, suffix)
     owner = PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
+    if prepare is not None:
+        prepare(owner)
     owner.close()
     import psycopg  # pylint: disable=import-outside-toplevel
 
@@ -269,14 +273,26 @@ def test_postgres_role_with_only_table_grants_can_advance_and_delete(postgres):
                             password=postgres.password, autocommit=True)
     try:
         admin.execute("CREATE ROLE %s LOGIN PASSWORD '%s'" % (role, role_password))
-        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         for name in (table, table + "_history"):
-            admin.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %s" % (name, role))
+            admin.execute("GRANT %s ON %s TO %s" % (privileges, name, role))
+        dsn = "host=127.0.0.1 port=%d dbname=%s user=%s" % (postgres.port, postgres.database, role)
+        yield admin, role, dsn, role_password, table
+    finally:
+        admin.execute("DROP OWNED BY %s" % role)
+        admin.execute("DROP ROLE %s" % role)
+        admin.close()
+
+
+def test_postgres_role_with_only_table_grants_can_advance_and_delete(postgres):
+    """A least-privilege role: the tables were created by their owner, the role has SELECT/INSERT/UPDATE/
+    DELETE on them (and USAGE on the history sequence) but no CREATE on the schema. Opening the store must
+    not run DDL, so advancing and deleting work."""
+    with _role_on_own_table(postgres, "dml", "SELECT, INSERT, UPDATE, DELETE") as (admin, role, dsn, password, table):
+        admin.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         admin.execute("GRANT USAGE ON SEQUENCE %s_history_id_seq TO %s" % (table, role))
         can_create = admin.execute("SELECT has_schema_privilege(%s, 'public', 'CREATE')", (role,)).fetchone()[0]
         assert can_create is False
-        dsn = "host=127.0.0.1 port=%d dbname=%s user=%s" % (postgres.port, postgres.database, role)
-        store = PostgresStore(dsn, password=role_password, table=table)
+        store = PostgresStore(dsn, password=password, table=table)
         try:
             changed, record, _previous = store.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/1",
                                                        expected_generation=0)
@@ -288,32 +304,16 @@ def test_postgres_role_with_only_table_grants_can_advance_and_delete(postgres):
             assert store.get("vm:1:disk-2000", "/dev/vg0/r") is None
         finally:
             store.close()
-    finally:
-        admin.execute("DROP OWNED BY %s" % role)
-        admin.execute("DROP ROLE %s" % role)
-        admin.close()
 
 
 def test_postgres_read_only_role_can_preview_and_keyword_table_is_explained(postgres):
     """Check mode only reads: a role with nothing but SELECT previews an advance and a delete (no row lock,
     which needs UPDATE rights). A table named like an SQL keyword fails with what to do."""
-    suffix = uuid.uuid4().hex[:8]
-    table = "cp_ro_%s" % suffix
-    role = "cbt_ro_%s" % suffix
-    role_password = "ro-secret-%s" % suffix
-    owner = PostgresStore(postgres.dsn_no_password, password=postgres.password, table=table)
-    owner.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/1")
-    owner.close()
-    import psycopg  # pylint: disable=import-outside-toplevel
+    def first_checkpoint(owner):
+        owner.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/1")
 
-    admin = psycopg.connect("host=127.0.0.1 port=%d dbname=%s user=postgres" % (postgres.port, postgres.database),
-                            password=postgres.password, autocommit=True)
-    try:
-        admin.execute("CREATE ROLE %s LOGIN PASSWORD '%s'" % (role, role_password))
-        for name in (table, table + "_history"):
-            admin.execute("GRANT SELECT ON %s TO %s" % (name, role))
-        dsn = "host=127.0.0.1 port=%d dbname=%s user=%s" % (postgres.port, postgres.database, role)
-        store = PostgresStore(dsn, password=role_password, table=table, create=False)
+    with _role_on_own_table(postgres, "ro", "SELECT", first_checkpoint) as (_admin, _role, dsn, password, table):
+        store = PostgresStore(dsn, password=password, table=table, create=False)
         try:
             changed, record, previous = store.advance("vm:1:disk-2000", "/dev/vg0/r", "52 aa/2",
                                                       expected_previous="52 aa/1", check_mode=True)
@@ -324,10 +324,6 @@ def test_postgres_read_only_role_can_preview_and_keyword_table_is_explained(post
             assert "permission denied" in str(err.value)
         finally:
             store.close()
-    finally:
-        admin.execute("DROP OWNED BY %s" % role)
-        admin.execute("DROP ROLE %s" % role)
-        admin.close()
     with pytest.raises(cp.CheckpointError) as err:
         PostgresStore(postgres.dsn_no_password, password=postgres.password, table="order")
     assert "SQL keyword" in str(err.value), err.value
