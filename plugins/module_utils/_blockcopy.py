@@ -350,6 +350,20 @@ class Engine(object):
             self.warn("target %s (%d bytes) is larger than the source (%d bytes); bytes after offset %d are "
                       "not touched" % (req.dest, self.dst.size, self.src.size, self.src.size))
 
+    def _check_alignment(self, ranges):
+        """Refuse, before anything is written, ranges an NBD server would reject: it may require requests to
+        start and end on its minimum block size (the end of the disk excepted)."""
+        for endpoint, role in ((self.src, "source"), (self.dst, "target")):
+            block = getattr(endpoint, "min_block", 1) if endpoint is not None else 1
+            if block <= 1:
+                continue
+            for off, length in ranges:
+                if off % block or ((off + length) % block and off + length != self.src.size):
+                    raise ValidationError(
+                        "extent at offset %d, length %d is not aligned to the %d-byte minimum block size of the NBD "
+                        "%s %s; widen the extents to multiples of %d bytes (changed-block lists normally are)"
+                        % (off, length, block, role, endpoint.name, block))
+
     def _plan(self, mode):
         req = self.req
         size = self.src.size
@@ -832,6 +846,7 @@ class Engine(object):
         self._open(mode)
         self._validate_pair()
         copy, zero, info, allocation_known = self._plan(mode)
+        self._check_alignment(copy + zero)
         plan_id = self._plan_id(mode, copy, zero)
         piece = min(req.request_size, self.src.max_request,
                     self.dst.max_request if self.dst is not None else MAX_REQUEST_SIZE)

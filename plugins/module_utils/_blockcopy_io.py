@@ -240,6 +240,7 @@ class Endpoint(object):
     size = 0
     read_only = True
     max_request = BIG_REQUEST
+    min_block = 1  # requests must start and end on multiples of this (an NBD server's minimum block size)
     can_zero = True
     parallel = True  # several sessions may work at once
 
@@ -502,6 +503,10 @@ class NbdEndpoint(Endpoint):
         except Exception:  # pylint: disable=broad-except
             maximum = 0
         self.max_request = min(maximum or NBD_MAX_REQUEST, NBD_MAX_REQUEST)
+        try:
+            self.min_block = max(1, h.get_block_size(nbd.SIZE_MINIMUM) or 1)
+        except Exception:  # pylint: disable=broad-except
+            self.min_block = 1
         self.parallel = self.multi_conn
         self._primary = _primary
         # one operation at a time on this connection: a read waits for its requests by polling the

@@ -191,3 +191,29 @@ def test_a_block_device_target_in_use_is_refused_also_in_check_mode(workdir, end
     finally:
         os.close(holder)
     assert sync(workdir, src, dev, mode="all", check_mode=True)["changed"] is True
+
+
+def test_extents_unaligned_to_the_servers_minimum_block_are_refused_before_writing(workdir):
+    src = make_image(os.path.join(workdir, "min-src.img"), 4 * MiB, seed=14)
+    dst_image = make_image(os.path.join(workdir, "min-dst.img"), 4 * MiB, seed=15)
+    before = sha_of(dst_image, 4 * MiB)
+    args = ["blocksize-minimum=4096", "blocksize-preferred=4096", "blocksize-maximum=1048576",
+            "blocksize-error-policy=error"]
+    source = NbdExport.nbdkit(src, readonly=True, filters=["blocksize-policy"], filter_args=args,
+                              name="min-src").start()
+    target = NbdExport.nbdkit(dst_image, filters=["blocksize-policy"], filter_args=args, name="min-dst").start()
+    try:
+        for src_uri, dst in ((source.uri, os.path.join(workdir, "min-copy.img")), (src, target.uri)):
+            if src_uri == source.uri:
+                make_image(dst, 4 * MiB, seed=15)
+            with pytest.raises(bio.ValidationError) as err:
+                sync(workdir, src_uri, dst, extents=[[4096, 8192], [MiB + 512, 4096]])
+            assert "offset %d, length 4096 is not aligned to the 4096-byte minimum block size" % (MiB + 512) \
+                in str(err.value), err.value
+        assert sha_of(dst_image, 4 * MiB) == before
+        result = sync(workdir, source.uri, target.uri, extents=[[4096, 8192], [MiB, 4096]])
+        assert result["bytes_written"] + result["bytes_zeroed"] == 12288
+        assert read_range(dst_image, MiB, 4096) == read_range(src, MiB, 4096)
+    finally:
+        source.stop()
+        target.stop()
