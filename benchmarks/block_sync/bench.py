@@ -149,6 +149,7 @@ class Bench:
         self.dir = os.path.abspath(args.workdir)
         self.state = os.path.join(self.dir, "state")
         self.results = {}
+        self.per_round = None
         self.workers = args.workers
         self.request_size = args.request_size
 
@@ -333,9 +334,12 @@ class Bench:
 
     def ratio(self, label, op, target, fmt, fn):
         """One ratio: from the medians, and per round (each round ran every contender back to back)."""
-        medians = dict((case, self.stat(case)[0]) for case in self.results)
-        rounds = [fn(dict((case, values[i]) for case, values in self.results.items()))
-                  for i in range(min(len(v) for v in self.results.values()))]
+        if self.per_round is None:  # the medians, and each round's times, by case
+            self.per_round = [dict((case, self.stat(case)[0]) for case in self.results)] + [
+                dict((case, values[i]) for case, values in self.results.items())
+                for i in range(min(len(v) for v in self.results.values()))]
+        medians = self.per_round[0]
+        rounds = [fn(times) for times in self.per_round[1:]]
         text = "  %-70s %8s  [%s-%s]" % (label, fmt % fn(medians), fmt % min(rounds), fmt % max(rounds))
         if op is not None:
             met = sum(1 for r in rounds if (r <= target if op == "<=" else r >= target))

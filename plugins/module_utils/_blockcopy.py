@@ -816,10 +816,13 @@ class Engine(object):
         return hasher.combine(bytes(digests))
 
     # -- main ------------------------------------------------------------------------------------
+    def _created_target(self):
+        """Whether this run created the target file."""
+        return self.dest_created and self.dst is not None and bool(getattr(self.dst, "created", False))
+
     def target_changed(self):
         """Whether this run wrote to the target (or created it) so far."""
-        created = self.dest_created and self.dst is not None and bool(getattr(self.dst, "created", False))
-        return created or any(s.written or s.zeroed for s in self.stats)
+        return self._created_target() or any(s.written or s.zeroed for s in self.stats)
 
     def run(self):
         started = time.time()
@@ -853,7 +856,6 @@ class Engine(object):
         self.piece = piece
         self.zero = zero_bytes(max(piece, GRANULE))
         self.skip_zero = bool(req.dest_is_zero or self.dest_created)
-        self.written_before = False
         self.state_saved = False
         self.hash_pieces = bool(req.verify and not req.check_mode)
         result = self.result
@@ -884,7 +886,6 @@ class Engine(object):
         if req.check_mode:
             # check mode takes no lock: it decides on the state as it reads now
             old = self._read_state(files, target_fp, plan_id)
-            self._check_zero_claim(files)
             return self._check_mode_result(mode, copy, zero, old, plan_id, files, started)
 
         files.ensure_dir()
@@ -900,7 +901,6 @@ class Engine(object):
             else:
                 # read under the lock: another run may have changed the state until it released the lock
                 old = self._read_state(files, target_fp, plan_id)
-                self._check_zero_claim(files)
             if isinstance(self.dst, LocalEndpoint):
                 lock.lock_target(self.dst.fd)
             try:
@@ -914,8 +914,7 @@ class Engine(object):
     def _remove_unrecorded_target(self):
         """A target file this run created, but failed before its resume state said "running" (the state
         folder is full or not writable), is removed: nothing would tell a later run that it is no replica."""
-        if not (self.dest_created and self.dst is not None and getattr(self.dst, "created", False)) or \
-                self.state_saved:
+        if not self._created_target() or self.state_saved:
             return
         try:
             os.unlink(self.req.dest)
@@ -924,8 +923,20 @@ class Engine(object):
                       "using it as a replica" % (self.req.dest, exc))
 
     def _read_state(self, files, target_fp, plan_id):
-        """The resume state of this target, if it is of this target and can still be trusted."""
-        self.written_before = False
+        """The resume state of this target, if it is of this target and can still be trusted.
+
+        ``dest_is_zero`` describes a fresh target: once a run has written to it (a state of it exists, even
+        one that is not trusted or cannot be read), it may hold data where the source has zeros now, so zero
+        ranges are written after all."""
+        old, written_before = self._load_state(files, target_fp, plan_id)
+        if written_before and self.req.dest_is_zero and not self.dest_created:
+            self.skip_zero = False
+            self.warn("dest_is_zero is ignored: an earlier run wrote to target %s (resume state %s), so it may hold "
+                      "data where the source has zeros; zero ranges are written" % (self.req.dest, files.state))
+        return old
+
+    def _load_state(self, files, target_fp, plan_id):
+        """``(state or None, whether a state of this target exists)``."""
         try:
             old_data = read_json(files.state)
             old = ResumeState.from_dict(files, old_data) if old_data is not None else None
@@ -933,24 +944,14 @@ class Engine(object):
             if self.req.resume == "restart":
                 self.warn("resume: restart: the resume state %s cannot be read (%s); it is replaced"
                           % (files.state, exc))
-                self.written_before = True
-                return None
+                return None, True
             if isinstance(exc, BlockCopyError):
                 raise
             raise BlockCopyError("resume state %s is damaged (%s: %s); delete it or set resume: restart"
                                  % (files.state, type(exc).__name__, exc))
         if old is None or old_data.get("target_fingerprint") != target_fp:
-            return None
-        self.written_before = True
-        return self._trusted_state(old, plan_id)
-
-    def _check_zero_claim(self, files):
-        """``dest_is_zero`` describes a fresh target: once a run has written to it (its resume state says so),
-        it may hold data where the source has zeros now, so zero ranges are written after all."""
-        if self.req.dest_is_zero and not self.dest_created and self.written_before:
-            self.skip_zero = False
-            self.warn("dest_is_zero is ignored: an earlier run wrote to target %s (resume state %s), so it may hold "
-                      "data where the source has zeros; zero ranges are written" % (self.req.dest, files.state))
+            return None, False
+        return self._trusted_state(old, plan_id), True
 
     def _distrusted(self, old, plan_id):
         """What is left of a state that cannot be trusted: nothing, unless it is an unfinished run of another
